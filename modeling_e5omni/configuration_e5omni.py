@@ -1,0 +1,137 @@
+"""E5OmniConfig: the backbone config plus the embedding contract.
+
+Everything that defines an embedding lives here and is saved with the weights, so users never repeat it at encode
+time: pooling, normalisation, prompts, the eos suffix, the modality list, media budgets, the temperature
+initialisation and whether whitening is applied.
+"""
+
+from __future__ import annotations
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+#: The base modalities, in the order used by every `modality_mask` and by `log_temperature`.
+MODALITIES = ("text", "image", "audio", "video")
+
+#: Backbone model types we serve, and the modalities each can take.
+BACKBONE_MODALITIES = {
+    "qwen2_5_omni_thinker": ("text", "image", "audio", "video"),
+    "qwen2_vl": ("text", "image", "video"),
+    "qwen2_5_vl": ("text", "image", "video"),
+}
+
+#: Image container formats the processor decodes (Pillow format names).
+DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+@strict(accept_kwargs=True)
+class E5OmniConfig(PreTrainedConfig):
+    r"""
+    backbone_config (`dict` or `PreTrainedConfig`):
+        Config of the backbone (`qwen2_5_omni_thinker`, `qwen2_vl` or `qwen2_5_vl`).
+    pooling (`str`, defaults to `"last"`):
+        Pooling over the backbone's final hidden states. Only `"last"` (the last non-padding position, found from the
+        attention mask so that left and right padding both work) is used by e5-omni.
+    normalize (`bool`, defaults to `True`):
+        L2-normalise embeddings (cosine similarity = dot product).
+    query_prompt / document_prompt (`str`):
+        Text prefixes of queries (`"Query: "`) and documents (empty), as in the released checkpoints.
+    eos_suffix (`str`, defaults to `"<|endoftext|>"`):
+        Appended after the rendered chat template; its final hidden state is the embedding.
+    modalities (`list[str]`):
+        Modalities this checkpoint accepts; derived from the backbone when not given.
+    max_pixels / min_pixels (`int`):
+        Pixel budget of one image or one video frame after resizing. Images whose header declares more than
+        `max_decode_pixels` are refused before decoding.
+    max_decode_pixels (`int`, defaults to 40_000_000):
+        Largest image (width x height, from the header) the processor agrees to decode at all.
+    max_frames (`int`) / fps (`float`):
+        Video frames are sampled at `fps` (by seeking, when decoding files) up to `max_frames`.
+    max_audio_seconds (`float`):
+        Audio longer than this is truncated (with a warning) before feature extraction.
+    max_length (`int`, defaults to 512):
+        Token budget of one item; longer text is truncated, keeping the template tail and the eos suffix.
+    temperature_init (`float`, defaults to 0.02):
+        Initial per-modality temperature tau_0 (the paper: robust in [0.015, 0.03]).
+    temperature_min / temperature_max (`float`):
+        Range tau is clamped to during training.
+    whitening (`bool`, defaults to `False`):
+        Apply the stored whitening transform before normalisation. Off by default, like the released models.
+    image_formats (`list[str]`):
+        Allow-list of image container formats.
+    allow_remote_media (`bool`, defaults to `False`):
+        Whether URL strings in media keys may be fetched. Off: nothing reaches the network.
+    """
+
+    model_type = "e5omni"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_5_omni_thinker"),
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    pooling: str = "last"
+    normalize: bool = True
+    query_prompt: str = "Query: "
+    document_prompt: str = ""
+    eos_suffix: str = "<|endoftext|>"
+    modalities: list[str] | None = None
+    max_pixels: int = 1280 * 28 * 28
+    min_pixels: int = 4 * 28 * 28
+    max_decode_pixels: int = 40_000_000
+    max_frames: int = 32
+    fps: float = 2.0
+    max_audio_seconds: float = 30.0
+    max_length: int = 512
+    temperature_init: float = 0.02
+    temperature_min: float = 0.005
+    temperature_max: float = 1.0
+    whitening: bool = False
+    whitening_eps: float = 1e-5
+    image_formats: list[str] | None = None
+    allow_remote_media: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        backbone_type = self.backbone_config.model_type
+        if backbone_type not in BACKBONE_MODALITIES:
+            raise ValueError(
+                f"backbone_config.model_type must be one of {sorted(BACKBONE_MODALITIES)}, got {backbone_type!r}"
+            )
+        if self.modalities is None:
+            self.modalities = list(BACKBONE_MODALITIES[backbone_type])
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"modalities must be a subset of {MODALITIES}, got unknown {unknown}")
+        if self.pooling != "last":
+            raise ValueError(f"pooling must be 'last' (the e5-omni contract), got {self.pooling!r}")
+        if self.image_formats is None:
+            self.image_formats = list(DEFAULT_IMAGE_FORMATS)
+        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+            raise ValueError(
+                "temperatures must satisfy 0 < temperature_min <= temperature_init <= temperature_max, got "
+                f"{self.temperature_min}, {self.temperature_init}, {self.temperature_max}"
+            )
+        for name in ("max_pixels", "min_pixels", "max_frames", "max_length", "max_decode_pixels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if self.max_audio_seconds <= 0 or self.fps <= 0:
+            raise ValueError("max_audio_seconds and fps must be positive")
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding dimension D: the backbone's text hidden size."""
+        backbone = self.backbone_config
+        text = getattr(backbone, "text_config", None)
+        return int(text.hidden_size if text is not None else backbone.hidden_size)
+
+    @property
+    def log_temperature_bounds(self) -> tuple[float, float]:
+        return math.log(self.temperature_min), math.log(self.temperature_max)
+
+
+__all__ = ["E5OmniConfig", "MODALITIES", "BACKBONE_MODALITIES"]

@@ -1,0 +1,293 @@
+"""E5OmniModel: backbone -> last-token pooling -> (optional whitening) -> L2 norm.
+
+The backbone is the bare multimodal model of the checkpoint's family (`Qwen2_5OmniThinkerModel`, `Qwen2VLModel`,
+`Qwen2_5_VLModel`): no language-model head is needed to embed. The model also carries the alignment state learned by
+the e5-omni recipe so that `save_pretrained` ships it inside the safetensors weights:
+
+- `log_temperature` (M = 4, fp32): log tau for text, image, audio, video (calibrated scores, training);
+- `whitening_mean` (D,) and `whitening_matrix` (D, D) (fp32 buffers): the whitening transform, applied when
+  `config.whitening` is on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_e5omni import MODALITIES, E5OmniConfig
+from .processing_e5omni import E5OmniProcessor, check_items, normalize_item
+
+# Inputs the backbones accept; anything else in a features dict (modality_mask, content_hash, ...) stays here.
+BACKBONE_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "second_per_grid_ts",
+    "input_features",
+    "feature_attention_mask",
+    "mm_token_type_ids",
+)
+
+
+@dataclass
+class E5OmniOutput(ModelOutput):
+    """`embeddings` (B, D): pooled, optionally whitened, L2-normalised. `last_hidden_state` (B, L, D)."""
+
+    embeddings: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    modality_mask: torch.Tensor | None = None
+
+
+class E5OmniAlignment(nn.Module):
+    """The learned alignment state, kept in fp32 whatever dtype the backbone is loaded in."""
+
+    def __init__(self, hidden_size: int, temperature_init: float):
+        super().__init__()
+        # log tau per modality; learning log tau keeps tau positive and makes multiplicative steps additive.
+        self.log_temperature = nn.Parameter(torch.full((len(MODALITIES),), math.log(temperature_init)))
+        self.register_buffer("whitening_mean", torch.zeros(hidden_size))
+        self.register_buffer("whitening_matrix", torch.eye(hidden_size))
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state at the last attended position of each row; correct for left and right padding.
+
+    (B, L, D) hidden, (B, L) mask -> (B, D)
+    """
+    length = attention_mask.shape[1]
+    last = length - 1 - attention_mask.flip(-1).long().argmax(-1)  # (B,) index of the last 1 in each row
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class E5OmniPreTrainedModel(PreTrainedModel):
+    config_class = E5OmniConfig
+    base_model_prefix = "e5omni"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _keep_in_fp32_modules = ["alignment"]
+    _no_split_modules = []
+
+    def _init_weights(self, module):
+        if isinstance(module, E5OmniAlignment):
+            with torch.no_grad():
+                module.log_temperature.fill_(math.log(self.config.temperature_init))
+                module.whitening_mean.zero_()
+                module.whitening_matrix.copy_(torch.eye(module.whitening_matrix.shape[0]))
+            return
+        backbone = getattr(self, "backbone", None)
+        if backbone is not None and hasattr(backbone, "_init_weights"):
+            backbone._init_weights(module)
+
+
+class E5OmniModel(E5OmniPreTrainedModel):
+    """Omni-modal embedding model. See `encode_query`, `encode_document` and `similarity`."""
+
+    def __init__(self, config: E5OmniConfig):
+        super().__init__(config)
+        backbone_config = config.backbone_config
+        if isinstance(backbone_config, dict):
+            backbone_config = AutoConfig.for_model(**backbone_config)
+        self.backbone = AutoModel.from_config(backbone_config)
+        self.alignment = E5OmniAlignment(config.hidden_size, config.temperature_init)
+        self._processor: E5OmniProcessor | None = None
+        self.post_init()
+
+    # --------------------------------------------------------------------------------------------- plumbing
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    @property
+    def log_temperature(self) -> nn.Parameter:
+        """(M,) log tau for text, image, audio, video."""
+        return self.alignment.log_temperature
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        return dict(zip(MODALITIES, self.alignment.log_temperature.detach().exp().tolist(), strict=True))
+
+    @property
+    def processor(self) -> E5OmniProcessor:
+        """The processor saved next to the weights (loaded on first use)."""
+        if self._processor is None:
+            source = self.config._name_or_path
+            if not source:
+                raise RuntimeError(
+                    "this model has no processor: it was not loaded from a folder. Call model.set_processor(...)"
+                )
+            self._processor = E5OmniProcessor.from_pretrained(source, config=self.config)
+        return self._processor
+
+    def set_processor(self, processor: E5OmniProcessor) -> None:
+        self._processor = processor
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        apply_whitening: bool | None = None,
+        **inputs,
+    ) -> E5OmniOutput:
+        if input_ids is None or attention_mask is None:
+            raise ValueError("E5OmniModel.forward needs input_ids and attention_mask (use the processor)")
+        backbone_inputs = {k: v for k, v in inputs.items() if k in BACKBONE_INPUTS and v is not None}
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_inputs)
+        hidden = outputs.last_hidden_state  # (B, L, D)
+        pooled = last_token_pool(hidden, attention_mask).float()  # (B, D), fp32 from here on
+        whiten = self.config.whitening if apply_whitening is None else apply_whitening
+        if whiten:
+            pooled = (pooled - self.alignment.whitening_mean) @ self.alignment.whitening_matrix
+        embeddings = nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
+        return E5OmniOutput(embeddings=embeddings, last_hidden_state=hidden, modality_mask=modality_mask)
+
+    # ------------------------------------------------------------------------------------------------ encode
+    def encode_query(self, items, **kwargs):
+        """Embed queries (the query prompt, `"Query: "` by default, is prepended to their text)."""
+        return self.encode(items, role="query", **kwargs)
+
+    def encode_document(self, items, **kwargs):
+        """Embed documents (text, image, audio, video or mixed items; no prompt by default)."""
+        return self.encode(items, role="document", **kwargs)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        items,
+        role: str = "document",
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        truncate_dim: int | None = None,
+    ):
+        """Embed `items` -> (N, D) tensor (or ndarray), rows in input order.
+
+        Items are sorted by estimated length internally so batches pad little; order is restored at the end.
+        A progress bar shows for more than four batches unless `show_progress_bar=False`.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = check_items(items, self.config.modalities)
+        processor = self.processor
+        order = sorted(range(len(items)), key=lambda i: -_estimated_length(items[i]))
+        n_batches = math.ceil(len(items) / batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = n_batches > 4
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        chunks: list[torch.Tensor] = []
+        try:
+            for b in tqdm(range(n_batches), desc=f"encode {role}s", disable=not show_progress_bar):
+                index = order[b * batch_size : (b + 1) * batch_size]
+                decoded = [normalize_item(items[i], i, self.config) for i in index]
+                batch = processor.process_decoded(decoded, role)
+                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                chunks.append(self(**batch).embeddings.float().cpu())
+        finally:
+            self.train(was_training)
+        embeddings = torch.empty(len(items), chunks[0].shape[-1])
+        embeddings[torch.tensor(order)] = torch.cat(chunks)
+        if truncate_dim is not None:
+            embeddings = truncate_embeddings(embeddings, truncate_dim)
+        return embeddings.numpy() if convert_to_numpy else embeddings
+
+    # ------------------------------------------------------------------------------------------- similarity
+    def pair_temperature(self, query_modality: torch.Tensor, doc_modality: torch.Tensor) -> torch.Tensor:
+        """tau(q, p) = (tau(q) + tau(p)) / 2 with tau(x) the mean tau over x's modalities. (B, M), (N, M) -> (B, N)."""
+        tau = self.alignment.log_temperature.detach().float().exp()  # (M,)
+
+        def instance(mask: torch.Tensor) -> torch.Tensor:
+            mask = mask.float()
+            return (mask @ tau) / mask.sum(-1).clamp(min=1)  # (B,)
+
+        return (instance(query_modality)[:, None] + instance(doc_modality)[None, :]) / 2
+
+    def similarity(self, a, b, calibrated: bool = False, query_modalities=None, doc_modalities=None):
+        """Cosine similarity (B, N). With `calibrated=True`, divided by the learned pair temperature tau(q, p), so
+        scores of different modality pairs share one scale (the logits the model was trained with)."""
+        a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).float()
+        b = torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b).float()
+        scores = nn.functional.normalize(a, dim=-1) @ nn.functional.normalize(b, dim=-1).T  # (B, N)
+        if not calibrated:
+            return scores
+        if query_modalities is None or doc_modalities is None:
+            raise ValueError("calibrated=True needs query_modalities and doc_modalities (modality masks or names)")
+        q = modality_mask_of(query_modalities, scores.shape[0])
+        d = modality_mask_of(doc_modalities, scores.shape[1])
+        return scores / self.pair_temperature(q, d)
+
+
+def modality_mask_of(value, n: int) -> torch.Tensor:
+    """A (n, M) bool mask from a mask tensor, a list of masks, a modality name, or a list of names/name lists."""
+    if isinstance(value, torch.Tensor | np.ndarray):
+        mask = torch.as_tensor(value).bool()
+        return mask.expand(n, -1) if mask.dim() == 1 else mask
+    if isinstance(value, str):
+        value = [value] * n
+    rows = []
+    for entry in value:
+        names = [entry] if isinstance(entry, str) else list(entry)
+        if names and isinstance(names[0], bool):
+            rows.append(names)
+            continue
+        unknown = [m for m in names if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; expected names from {MODALITIES}")
+        rows.append([m in names for m in MODALITIES])
+    mask = torch.tensor(rows, dtype=torch.bool)
+    if mask.shape[0] != n:
+        raise ValueError(f"got {mask.shape[0]} modality entries for {n} embeddings")
+    return mask
+
+
+def truncate_embeddings(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+    """Matryoshka-style: keep the first `dim` components, then re-normalise."""
+    if not 0 < dim <= embeddings.shape[-1]:
+        raise ValueError(f"truncate_dim must be in [1, {embeddings.shape[-1]}], got {dim}")
+    return nn.functional.normalize(embeddings[..., :dim], dim=-1)
+
+
+def _estimated_length(item) -> int:
+    """A cheap length proxy for sorting (characters of text + a fixed cost per medium)."""
+    if isinstance(item, str):
+        return len(item)
+    if not isinstance(item, dict):
+        return 1000
+    return len(item.get("text") or "") + sum(1000 for k in ("image", "audio", "video") if item.get(k) is not None)
+
+
+def register() -> None:
+    """Register with the Auto classes so a pip install loads e5-omni folders without remote code."""
+    from transformers import AutoConfig as _AutoConfig
+
+    try:
+        _AutoConfig.register("e5omni", E5OmniConfig)
+    except ValueError:
+        pass
+    try:
+        AutoModel.register(E5OmniConfig, E5OmniModel)
+    except ValueError:
+        pass
+
+
+E5OmniConfig.register_for_auto_class()
+E5OmniModel.register_for_auto_class("AutoModel")
+
+__all__ = ["E5OmniModel", "E5OmniPreTrainedModel", "E5OmniOutput", "last_token_pool", "truncate_embeddings"]
