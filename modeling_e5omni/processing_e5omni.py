@@ -267,6 +267,13 @@ def _read_audio_file(value, index: int, max_seconds: float) -> tuple[np.ndarray,
             rate = handle.samplerate
             frames = min(handle.frames, int(max_seconds * rate) + 1) if handle.frames > 0 else int(max_seconds * rate)
             array = handle.read(frames=frames, dtype="float32", always_2d=True)
+            # libsndfile clamps a cut file's length to what is there and logs "(should be N)" for each chunk
+            # whose declared size the file does not hold: a truncated file, not a short one.
+            if "(should be" in handle.extra_info or (handle.frames > 0 and array.shape[0] < min(handle.frames, frames)):
+                raise MediaDecodeError(
+                    f"audio file {value!s} is truncated: its header declares more data than the file holds",
+                    index,
+                )
             if handle.frames > frames:
                 warnings.warn(
                     f"item {index}: audio file {value!s} is longer than max_audio_seconds={max_seconds}; truncated",
@@ -554,9 +561,15 @@ def slice_features(features: dict, start: int, end: int) -> dict:
             for key in _AUDIO_KEYS:
                 if key in features:
                     out[key] = features[key][first:last]
-    for key, value in features.items():  # anything else (scalars, flags) is shared by every slice
-        if key not in out and not isinstance(value, torch.Tensor):
-            out[key] = value
+    known = set(ITEM_KEYS) | set(_AUDIO_KEYS)
+    for pixels_key, grid_key, extra_keys in _MEDIA_GROUPS.values():
+        known |= {pixels_key, grid_key, *extra_keys}
+    for key, value in features.items():
+        if key in known:
+            continue
+        if isinstance(value, torch.Tensor):  # never drop what we cannot map to items
+            raise KeyError(f"slice_features does not know how to slice the tensor {key!r}")
+        out[key] = value  # scalars and flags are shared by every slice
     return out
 
 

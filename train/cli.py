@@ -1,0 +1,116 @@
+"""The `e5omni` command line.
+
+    e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
+    e5omni encode MODEL --text "..." [--image PATH] [--audio PATH] [--video PATH] [--query]
+    e5omni demo [--output-dir DIR]
+
+Subcommands that train, evaluate, convert and push are added by their own modules as they land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from train.tiny import BACKBONES
+
+
+def _cmd_init_tiny(args: argparse.Namespace) -> int:
+    from train.tiny import build_tiny
+
+    out = build_tiny(args.out, backbone=args.backbone, seed=args.seed)
+    print(f"wrote a tiny {args.backbone} e5-omni model (seed {args.seed}) to {out}")
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+    item = {k: v for k, v in {"text": args.text, "image": args.image, "audio": args.audio, "video": args.video}.items()}
+    item = {k: v for k, v in item.items() if v is not None}
+    if not item:
+        print("encode: give at least one of --text/--image/--audio/--video", file=sys.stderr)
+        return 2
+    embed = model.encode_query if args.query else model.encode_document
+    vector = embed([item])[0]
+    print(json.dumps({"dim": int(vector.shape[0]), "embedding": [round(float(x), 6) for x in vector]}))
+    return 0
+
+
+def demo_items():
+    """One seeded item of each modality, plus a mixed one (used by the demo and the docs)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8))
+    t = np.arange(16000) / 16000
+    audio = {"array": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), "sampling_rate": 16000}
+    video = rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
+    return {
+        "text": "a red circle in the top left corner",
+        "image": image,
+        "audio": {"audio": audio},
+        "video": {"video": video},
+        "mixed": {"text": "a caption with its picture and sound", "image": image, "audio": audio},
+    }
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from train.tiny import build_tiny_model
+
+    start = time.perf_counter()
+    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
+    model.set_processor(processor)
+    items = demo_items()
+    queries = model.encode_query([items["text"]])
+    docs = model.encode_document(list(items.values()))
+    scores = model.similarity(queries, docs)[0]
+    print(f"tiny qwen2.5-omni e5-omni model: D={docs.shape[1]}, built and encoded in {time.perf_counter() - start:.1f} s")
+    for name, vector, score in zip(items, docs, scores, strict=True):
+        print(f"  {name:6s} |e|={vector.norm():.4f}  cos(query, doc)={score:+.4f}")
+    if args.output_dir:
+        out = Path(args.output_dir) / "model"
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        print(f"saved to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e5omni", description="e5-omni: omni-modal embeddings")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init-tiny", help="write a tiny random e5-omni model folder (offline, seeded)")
+    p.add_argument("out")
+    p.add_argument("--backbone", choices=BACKBONES, default="qwen2.5-omni")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_init_tiny)
+
+    p = sub.add_parser("encode", help="embed one item with a saved model and print the vector as JSON")
+    p.add_argument("model")
+    p.add_argument("--text")
+    p.add_argument("--image")
+    p.add_argument("--audio")
+    p.add_argument("--video")
+    p.add_argument("--query", action="store_true", help="encode as a query (adds the query prompt)")
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("demo", help="build the tiny model and embed one item of each modality")
+    p.add_argument("--output-dir", default=None)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
