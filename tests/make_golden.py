@@ -1,0 +1,20 @@
+"""Regenerate the golden embeddings. Run on purpose only: `make golden`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from safetensors.torch import save_file  # noqa: E402
+
+from tests.golden import BACKBONE, GOLDEN, SEED, compute  # noqa: E402
+from train.tiny import build_tiny_model  # noqa: E402
+
+if __name__ == "__main__":
+    model, processor = build_tiny_model(BACKBONE, seed=SEED)
+    model.set_processor(processor)
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    save_file(compute(model), str(GOLDEN))
+    print(f"wrote {GOLDEN}")
