@@ -139,9 +139,7 @@ def check_item(item: Any, index: int, modalities: list[str] | tuple[str, ...] = 
         )
     missing = [m for m in present if m not in modalities]
     if missing:
-        raise UnsupportedModalityError(
-            f"this checkpoint takes {list(modalities)}, but the item has {missing}", index
-        )
+        raise UnsupportedModalityError(f"this checkpoint takes {list(modalities)}, but the item has {missing}", index)
 
 
 def check_items(items: Any, modalities=MODALITIES) -> list:

@@ -27,4 +27,6 @@ def test_golden_embeddings_exact():
     assert sorted(got) == sorted(expected)
     for name in expected:
         diff = (got[name] - expected[name]).abs().max().item()
-        assert torch.equal(got[name], expected[name]), f"{name} changed (max abs diff {diff:.3g}); if intended, make golden"
+        assert torch.equal(got[name], expected[name]), (
+            f"{name} changed (max abs diff {diff:.3g}); if intended, make golden"
+        )

@@ -70,7 +70,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     queries = model.encode_query([items["text"]])
     docs = model.encode_document(list(items.values()))
     scores = model.similarity(queries, docs)[0]
-    print(f"tiny qwen2.5-omni e5-omni model: D={docs.shape[1]}, built and encoded in {time.perf_counter() - start:.1f} s")
+    print(
+        f"tiny qwen2.5-omni e5-omni model: D={docs.shape[1]}, built and encoded in {time.perf_counter() - start:.1f} s"
+    )
     for name, vector, score in zip(items, docs, scores, strict=True):
         print(f"  {name:6s} |e|={vector.norm():.4f}  cos(query, doc)={score:+.4f}")
     if args.output_dir:
