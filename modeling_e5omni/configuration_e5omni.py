@@ -48,6 +48,9 @@ class E5OmniConfig(PreTrainedConfig):
         `max_decode_pixels` are refused before decoding.
     max_decode_pixels (`int`, defaults to 40_000_000):
         Largest image (width x height, from the header) the processor agrees to decode at all.
+    video_max_pixels / video_min_pixels (`int`, *optional*):
+        Pixel budget of one video frame; defaults to `max_pixels` / `min_pixels`. Converted checkpoints record the
+        backbone processor's own video defaults here so their embeddings do not change.
     max_frames (`int`) / fps (`float`):
         Video frames are sampled at `fps` (by seeking, when decoding files) up to `max_frames`.
     max_audio_seconds (`float`):
@@ -80,6 +83,8 @@ class E5OmniConfig(PreTrainedConfig):
     modalities: list[str] | None = None
     max_pixels: int = 1280 * 28 * 28
     min_pixels: int = 4 * 28 * 28
+    video_max_pixels: int | None = None
+    video_min_pixels: int | None = None
     max_decode_pixels: int = 40_000_000
     max_frames: int = 32
     fps: float = 2.0
@@ -117,8 +122,12 @@ class E5OmniConfig(PreTrainedConfig):
         for name in ("max_pixels", "min_pixels", "max_frames", "max_length", "max_decode_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if self.video_max_pixels is None:
+            self.video_max_pixels = self.max_pixels
+        if self.video_min_pixels is None:
+            self.video_min_pixels = self.min_pixels
+        if self.min_pixels > self.max_pixels or self.video_min_pixels > self.video_max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels (images and video frames)")
         if self.max_audio_seconds <= 0 or self.fps <= 0:
             raise ValueError("max_audio_seconds and fps must be positive")
 

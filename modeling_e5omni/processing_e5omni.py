@@ -502,7 +502,7 @@ class E5OmniProcessor:
         if videos:
             kwargs["videos"] = videos
             kwargs["videos_kwargs"] = {
-                "size": size,
+                "size": {"shortest_edge": self.config.video_min_pixels, "longest_edge": self.config.video_max_pixels},
                 "do_sample_frames": False,
                 "fps": self.config.fps,
                 "cap_pixels_per_frame": True,

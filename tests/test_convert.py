@@ -1,0 +1,81 @@
+"""Released-format checkpoints (both weight-key layouts) convert without changing a single embedding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, Qwen2_5OmniThinkerForConditionalGeneration
+
+from tests.conftest import make_image, make_video
+from tests.reference import reference_embed
+from train.hub import convert_checkpoint, parse_temperatures
+from train.tiny import build_backbone_config, build_processor, build_tokenizer
+
+
+def write_released(folder, layout: str = "5.x") -> None:
+    """A tiny checkpoint in the released e5-omni format: Qwen2_5OmniThinkerForConditionalGeneration + processor."""
+    tokenizer = build_tokenizer("qwen2.5-omni")
+    config = build_backbone_config("qwen2.5-omni", tokenizer)
+    torch.manual_seed(7)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    build_processor("qwen2.5-omni", tokenizer).save_pretrained(folder)
+    if layout == "4.x":  # transformers 4.x wrote model.layers.*, visual.*, audio_tower.* (no model.language_model)
+        path = folder / "model.safetensors"
+        weights = load_file(str(path))
+        renamed = {}
+        for key, value in weights.items():
+            if key.startswith("model.language_model."):
+                key = "model." + key[len("model.language_model.") :]
+            elif key.startswith("model.visual.") or key.startswith("model.audio_tower."):
+                key = key[len("model.") :]
+            renamed[key] = value
+        assert any(k.startswith("visual.") for k in renamed) and any(k.startswith("model.layers.") for k in renamed)
+        save_file(renamed, str(path), metadata={"format": "pt"})
+
+
+def _items():
+    t = np.arange(16000) / 16000
+    audio = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return [
+        {"text": "a red circle"},
+        {"image": make_image(3)},
+        {"audio": audio},
+        {"video": make_video(3)},
+        {"text": "a caption", "image": make_image(4), "audio": audio},
+    ]
+
+
+@pytest.mark.parametrize("layout", ["5.x", "4.x"])
+def test_converted_matches_reference_path(tmp_path, layout):
+    src, out = tmp_path / "released", tmp_path / "ours"
+    write_released(src, layout)
+    convert_checkpoint(src, out, temperatures="text=0.0130,image=0.0127,audio=0.0219,video=0.0223")
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    items = _items()
+    ours_docs = model.encode_document(items)
+    ref_docs = reference_embed(src, items)
+    diff_docs = (ours_docs - ref_docs).abs().max().item()
+    ours_q = model.encode_query(["a red circle", "a dog"])
+    ref_q = reference_embed(src, [{"text": "a red circle"}, {"text": "a dog"}], query=True)
+    diff_q = (ours_q - ref_q).abs().max().item()
+    print(f"layout {layout}: max abs diff documents {diff_docs:.2e}, queries {diff_q:.2e}")
+    assert diff_docs < 1e-5 and diff_q < 1e-5
+    assert model.temperatures == pytest.approx({"text": 0.0130, "image": 0.0127, "audio": 0.0219, "video": 0.0223})
+    names = {p.name for p in out.iterdir()}
+    assert not {n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))}
+    assert "--" not in json.dumps(json.loads((out / "config.json").read_text())["auto_map"])
+
+
+def test_parse_temperatures_errors():
+    assert parse_temperatures("text=0.5, image=0.25") == {"text": 0.5, "image": 0.25}
+    with pytest.raises(ValueError, match="unknown modalities"):
+        parse_temperatures("smell=0.1")
+    with pytest.raises(ValueError, match="positive"):
+        parse_temperatures("text=-1")
+    with pytest.raises(ValueError, match="name=value"):
+        parse_temperatures("text")

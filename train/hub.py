@@ -1,0 +1,116 @@
+"""Converting checkpoints into our format (and, later, publishing them).
+
+`convert_checkpoint(src, out)` takes a released e5-omni checkpoint (`qwen2_5_omni_thinker`, saved as
+`Qwen2_5OmniThinkerForConditionalGeneration`, in either the transformers 4.x or 5.x weight-key layout) or a base
+backbone (Qwen2.5-Omni thinker, Qwen2-VL, Qwen2.5-VL) and writes a folder in our format. The weights are loaded through
+the backbone's own transformers class, so transformers' key conversion handles both layouts; the language-model head
+is dropped (embeddings never use it). Media budgets are read from the source processor so that converting a released
+checkpoint does not change a single embedding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from modeling_e5omni import MODALITIES, E5OmniConfig, E5OmniModel, E5OmniProcessor
+
+#: Temperatures published for the released e5-omni-7B (text, image, audio, video).
+E5_OMNI_7B_TEMPERATURES = {"text": 0.0130, "image": 0.0127, "audio": 0.0219, "video": 0.0223}
+
+_GENERATION_CLASSES = {
+    "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+}
+
+
+def parse_temperatures(spec: str | dict | None) -> dict[str, float] | None:
+    """`"text=0.013,image=0.0127"` -> `{"text": 0.013, "image": 0.0127}`, validated."""
+    if spec is None or isinstance(spec, dict):
+        values = spec
+    else:
+        values = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"--temperatures entries look like name=value, got {part!r}")
+            try:
+                values[name.strip()] = float(value)
+            except ValueError as err:
+                raise ValueError(f"temperature for {name!r} is not a number: {value!r}") from err
+    if values is None:
+        return None
+    unknown = set(values) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)} in temperatures; expected {MODALITIES}")
+    bad = {k: v for k, v in values.items() if not (v > 0 and math.isfinite(v))}
+    if bad:
+        raise ValueError(f"temperatures must be positive and finite, got {bad}")
+    return values
+
+
+def _budgets(backbone_processor) -> dict:
+    size = getattr(backbone_processor.image_processor, "size", None) or {}
+    size = dict(size) if not isinstance(size, dict) else size
+    out = {}
+    if size.get("longest_edge"):
+        out["max_pixels"] = int(size["longest_edge"])
+    if size.get("shortest_edge"):
+        out["min_pixels"] = int(size["shortest_edge"])
+    # The Omni processor class overrides its video processor's size at call time; record what a plain call uses.
+    video_size = (getattr(type(backbone_processor), "videos_kwargs", None) or {}).get("size")
+    if video_size is None:
+        video_size = dict(getattr(backbone_processor.video_processor, "size", None) or {})
+    if video_size.get("longest_edge"):
+        out["video_max_pixels"] = int(video_size["longest_edge"])
+    if video_size.get("shortest_edge"):
+        out["video_min_pixels"] = int(video_size["shortest_edge"])
+    extractor = getattr(backbone_processor, "feature_extractor", None)
+    if extractor is not None and getattr(extractor, "chunk_length", None):
+        out["max_audio_seconds"] = float(extractor.chunk_length)
+    return out
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    temperatures: str | dict | None = None,
+    **embedding_kwargs,
+) -> Path:
+    """Convert `src` (local folder or Hub id) into our format at `out`; returns `out`."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    source_config = AutoConfig.from_pretrained(src)
+    model_type = source_config.model_type
+    if model_type == "e5omni":
+        raise ValueError(f"{src} is already in the e5-omni format")
+    if model_type not in _GENERATION_CLASSES:
+        raise ValueError(
+            f"cannot convert a {model_type!r} checkpoint; expected one of {sorted(_GENERATION_CLASSES)} "
+            "(a full qwen2_5_omni checkpoint must be reduced to its thinker first)"
+        )
+    generation_cls = getattr(transformers, _GENERATION_CLASSES[model_type])
+    source = generation_cls.from_pretrained(src, dtype=torch.float32)
+    backbone_processor = AutoProcessor.from_pretrained(src)
+
+    kwargs = {**_budgets(backbone_processor), **embedding_kwargs}
+    config = E5OmniConfig(backbone_config=source.config.to_dict(), **kwargs)
+    model = E5OmniModel(config)
+    model.backbone.load_state_dict(source.model.state_dict(), strict=True)  # everything but lm_head
+    values = parse_temperatures(temperatures)
+    if values:
+        with torch.no_grad():
+            for name, tau in values.items():
+                model.log_temperature[MODALITIES.index(name)] = math.log(tau)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; convert into a fresh folder")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    E5OmniProcessor(backbone_processor, config).save_pretrained(out)
+    return out
