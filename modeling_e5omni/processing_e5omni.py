@@ -441,8 +441,9 @@ class E5OmniProcessor:
         return cls(backbone, config)
 
     # ---------------------------------------------------------------------------------------------- messages
-    def _text_part(self, item: OmniItem, role: str) -> str | None:
-        prompt = self.config.query_prompt if role == "query" else self.config.document_prompt
+    def _text_part(self, item: OmniItem, role: str, prompt: str | None = None) -> str | None:
+        if prompt is None:
+            prompt = self.config.query_prompt if role == "query" else self.config.document_prompt
         body = item.text or ""
         if item.instruction:
             body = f"{item.instruction.strip()}\n{body}" if body else item.instruction.strip()
@@ -460,8 +461,10 @@ class E5OmniProcessor:
         )
         return self.tokenizer.decode(ids[: self.config.max_length])
 
-    def render(self, item: OmniItem, role: str, index: int = 0) -> str:
-        """The exact string the backbone sees for one item: chat template + eos suffix."""
+    def render(self, item: OmniItem, role: str, index: int = 0, prompt: str | None = None) -> str:
+        """The exact string the backbone sees for one item: chat template + eos suffix.
+
+        `prompt` overrides the role's prompt from the config (sentence-transformers passes its own prompts here)."""
         parts: list[dict] = []
         if item.image is not None:
             parts.append({"type": "image"})
@@ -469,7 +472,7 @@ class E5OmniProcessor:
             parts.append({"type": "audio"})
         if item.video is not None:
             parts.append({"type": "video"})
-        text = self._text_part(item, role)
+        text = self._text_part(item, role, prompt)
         if text is not None:
             for token in self._placeholders:
                 if token in text:
@@ -488,9 +491,11 @@ class E5OmniProcessor:
         decoded = [normalize_item(item, i, self.config) for i, item in enumerate(items)]
         return self.process_decoded(decoded, role, return_tensors=return_tensors)
 
-    def process_decoded(self, decoded: list[OmniItem], role: str, return_tensors: str = "pt") -> BatchFeature:
+    def process_decoded(
+        self, decoded: list[OmniItem], role: str, return_tensors: str = "pt", prompt: str | None = None
+    ) -> BatchFeature:
         """Tensors for items that were already normalised (`normalize_item`)."""
-        texts = [self.render(item, role, i) for i, item in enumerate(decoded)]
+        texts = [self.render(item, role, i, prompt) for i, item in enumerate(decoded)]
         images = [d.image for d in decoded if d.image is not None]
         audio = [d.audio for d in decoded if d.audio is not None]
         videos = [d.video for d in decoded if d.video is not None]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from PIL import Image
+import os
+import tempfile
 
-from train.tiny import BACKBONES, build_tiny_model
+# No test reaches the network, and remote-code modules are copied into a throwaway HF_HOME, not the user's cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="e5omni-test-hf-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from train.tiny import BACKBONES, build_tiny_model  # noqa: E402
 
 
 def make_image(seed: int = 0, size: tuple[int, int] = (56, 56)) -> Image.Image:

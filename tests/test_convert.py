@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, Qwen2_5OmniThinkerForConditionalGeneration
 
 from tests.conftest import make_image, make_video
@@ -65,6 +66,11 @@ def test_converted_matches_reference_path(tmp_path, layout):
     diff_q = (ours_q - ref_q).abs().max().item()
     print(f"layout {layout}: max abs diff documents {diff_docs:.2e}, queries {diff_q:.2e}")
     assert diff_docs < 1e-5 and diff_q < 1e-5
+    st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    diff_st = (st.encode_document(items, convert_to_tensor=True) - ref_docs).abs().max().item()
+    diff_st_q = (st.encode_query(["a red circle", "a dog"], convert_to_tensor=True) - ref_q).abs().max().item()
+    print(f"layout {layout}: sentence-transformers vs reference: documents {diff_st:.2e}, queries {diff_st_q:.2e}")
+    assert diff_st < 1e-5 and diff_st_q < 1e-5
     assert model.temperatures == pytest.approx({"text": 0.0130, "image": 0.0127, "audio": 0.0219, "video": 0.0223})
     names = {p.name for p in out.iterdir()}
     assert not {n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))}

@@ -2,6 +2,7 @@
 
     e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
     e5omni encode MODEL --text "..." [--image PATH] [--audio PATH] [--video PATH] [--query]
+    e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
     e5omni demo [--output-dir DIR]
 
 Subcommands that train, evaluate, convert and push are added by their own modules as they land.
@@ -41,6 +42,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from train.hub import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.out, temperatures=args.temperatures)
+    print(f"converted {args.src} -> {out}")
+    return 0
+
+
 def demo_items():
     """One seeded item of each modality, plus a mixed one (used by the demo and the docs)."""
     import numpy as np
@@ -76,11 +85,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for name, vector, score in zip(items, docs, scores, strict=True):
         print(f"  {name:6s} |e|={vector.norm():.4f}  cos(query, doc)={score:+.4f}")
     if args.output_dir:
-        out = Path(args.output_dir) / "model"
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        print(f"saved to {out}")
+        from train.hub import save_hub_folder
+
+        out = save_hub_folder(model, processor, Path(args.output_dir) / "model", overwrite=True)
+        print(f"saved a Hub-ready folder to {out}")
     return 0
 
 
@@ -102,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video")
     p.add_argument("--query", action="store_true", help="encode as a query (adds the query prompt)")
     p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("convert", help="convert a released e5-omni checkpoint or a base backbone to our format")
+    p.add_argument("src", help="local folder or Hub id")
+    p.add_argument("out", help="a fresh output folder")
+    p.add_argument(
+        "--temperatures",
+        help="seed the calibration, e.g. text=0.0130,image=0.0127,audio=0.0219,video=0.0223 (published for the 7B)",
+    )
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="build the tiny model and embed one item of each modality")
     p.add_argument("--output-dir", default=None)
