@@ -85,3 +85,28 @@ def test_parse_temperatures_errors():
         parse_temperatures("text=-1")
     with pytest.raises(ValueError, match="name=value"):
         parse_temperatures("text")
+
+
+@pytest.mark.parametrize("backbone", ["qwen2-vl", "qwen2.5-vl"])
+def test_base_vl_backbones_convert(tmp_path, backbone):
+    import transformers
+
+    tokenizer = build_tokenizer(backbone)
+    config = build_backbone_config(backbone, tokenizer)
+    cls = (
+        transformers.Qwen2VLForConditionalGeneration
+        if backbone == "qwen2-vl"
+        else (transformers.Qwen2_5_VLForConditionalGeneration)
+    )
+    torch.manual_seed(11)
+    src, out = tmp_path / "base", tmp_path / "ours"
+    cls(config).eval().save_pretrained(src)
+    build_processor(backbone, tokenizer).save_pretrained(src)
+    convert_checkpoint(src, out)
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    items = [{"text": "a red circle"}, {"image": make_image(3)}, {"text": "cap", "image": make_image(4)}]
+    items.append({"video": make_video(2)})
+    diff = (model.encode_document(items) - reference_embed(src, items)).abs().max().item()
+    print(f"{backbone} base conversion vs reference: {diff:.2e}")
+    assert diff < 1e-5
+    assert model.config.modalities == ["text", "image", "video"]
