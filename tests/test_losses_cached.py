@@ -1,0 +1,294 @@
+"""CachedE5OmniLoss (GradCache) against E5OmniLoss: equal loss and gradients on a fake omni model whose inputs are
+not all batch-first (flattened image/video patch rows with grids, audio rows only for items with audio)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.losses import CachedE5OmniLoss, E5OmniLoss
+
+VOCAB, DIM, PATCH, MEL, FRAMES = 40, 12, 6, 5, 9
+TEXT, IMAGE, AUDIO, VIDEO = 0, 1, 2, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: with 2 OpenMP threads on a busy 2-core machine every op pays a ~8 ms hand-off."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class FakeOmniModel(nn.Module):
+    """Embeds features laid out like the Qwen2.5-Omni processor's: batch-first ``input_ids``/``attention_mask``;
+    images and videos as flattened patch rows (one block of prod(grid) rows per item that has one); audio rows
+    (``input_features`` + ``feature_attention_mask``) only for the items that have audio."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.tokens = nn.Embedding(VOCAB, DIM)
+        self.image = nn.Linear(PATCH, DIM)
+        self.video = nn.Linear(PATCH, DIM)
+        self.audio = nn.Linear(MEL, DIM)
+        self.dropout = nn.Dropout(dropout)
+        self.log_temperature = nn.Parameter(torch.tensor([0.02, 0.03, 0.025, 0.04]).log())
+        self.outputs: list[torch.Tensor] = []
+
+    def _media(self, features, pixels, grid, owners, linear):
+        out = torch.zeros(owners.shape[0], DIM, dtype=linear.weight.dtype)
+        if pixels not in features:
+            assert not owners.any(), f"items own {pixels} rows that the features do not have"
+            return out
+        blocks = features[pixels].split(features[grid].prod(-1).tolist())
+        assert len(blocks) == int(owners.sum()), f"{pixels}: {len(blocks)} blocks for {int(owners.sum())} items"
+        pooled = torch.stack([block.mean(0) for block in blocks])  # (n_media, PATCH)
+        return out.index_add(0, owners.nonzero().flatten(), linear(pooled))
+
+    def forward(self, features):
+        ids, attention = features["input_ids"], features["attention_mask"]
+        hidden = (self.tokens(ids) * attention[..., None]).sum(1) / attention.sum(1, keepdim=True)  # (b, DIM)
+        mask = features["modality_mask"]
+        hidden = hidden + self._media(features, "pixel_values", "image_grid_thw", mask[:, IMAGE], self.image)
+        hidden = hidden + self._media(features, "pixel_values_videos", "video_grid_thw", mask[:, VIDEO], self.video)
+        if mask[:, AUDIO].any():
+            feats, valid = features["input_features"], features["feature_attention_mask"]
+            assert feats.shape[0] == int(mask[:, AUDIO].sum())
+            pooled = (feats * valid[:, None, :]).sum(-1) / valid.sum(-1, keepdim=True)  # (n_audio, MEL)
+            audio = torch.zeros_like(hidden).index_add(0, mask[:, AUDIO].nonzero().flatten(), self.audio(pooled))
+            hidden = hidden + audio
+        embedding = F.normalize(self.dropout(hidden), dim=-1)
+        self.outputs.append(embedding.detach().clone())
+        return {**features, "sentence_embedding": embedding}
+
+
+def fake_slicer(features, start, end):
+    """Items start:end with their media rows, for the fake model's layout (the test's own slicer)."""
+    mask = features["modality_mask"]
+    out = {
+        k: features[k][start:end]
+        for k in ("input_ids", "attention_mask", "modality_mask", "content_hash")
+        if k in features
+    }
+    for column, pixels, grid in (
+        (IMAGE, "pixel_values", "image_grid_thw"),
+        (VIDEO, "pixel_values_videos", "video_grid_thw"),
+    ):
+        first, last = int(mask[:start, column].sum()), int(mask[:end, column].sum())
+        if pixels in features and first < last:
+            rows = torch.cat([torch.zeros(1, dtype=torch.long), features[grid].prod(-1).cumsum(0)])
+            out[pixels] = features[pixels][int(rows[first]) : int(rows[last])]
+            out[grid] = features[grid][first:last]
+    first, last = int(mask[:start, AUDIO].sum()), int(mask[:end, AUDIO].sum())
+    if "input_features" in features and first < last:
+        out["input_features"] = features["input_features"][first:last]
+        out["feature_attention_mask"] = features["feature_attention_mask"][first:last]
+    return out
+
+
+def make_column(modalities: list[str], seed: int, hash_base: int) -> dict[str, torch.Tensor]:
+    """One input column; ``modalities[i]`` is e.g. "t", "ti", "a", "tav" for item i."""
+    gen = torch.Generator().manual_seed(seed)
+    bsz, length = len(modalities), 7
+    ids = torch.randint(1, VOCAB, (bsz, length), generator=gen)
+    lengths = torch.randint(2, length + 1, (bsz,), generator=gen)
+    attention = (torch.arange(length)[None, :] >= length - lengths[:, None]).long()  # left padding
+    mask = torch.tensor([[c in m for c in "tiav"] for m in modalities], dtype=torch.bool)
+    features = {
+        "input_ids": ids * attention,
+        "attention_mask": attention,
+        "modality_mask": mask,
+        "content_hash": torch.arange(bsz) + hash_base,
+    }
+    for column, pixels, grid in (
+        (IMAGE, "pixel_values", "image_grid_thw"),
+        (VIDEO, "pixel_values_videos", "video_grid_thw"),
+    ):
+        owners = int(mask[:, column].sum())
+        if owners:
+            grids = torch.stack(
+                [
+                    torch.tensor([1 if column == IMAGE else 2, 2, int(r)])
+                    for r in torch.randint(1, 4, (owners,), generator=gen)
+                ]
+            )
+            features[grid] = grids
+            features[pixels] = torch.randn(int(grids.prod(-1).sum()), PATCH, generator=gen)
+    owners = int(mask[:, AUDIO].sum())
+    if owners:
+        features["input_features"] = torch.randn(owners, MEL, FRAMES, generator=gen)
+        audio_len = torch.randint(3, FRAMES + 1, (owners,), generator=gen)
+        features["feature_attention_mask"] = (torch.arange(FRAMES)[None, :] < audio_len[:, None]).long()
+    return features
+
+
+def make_batch(seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Queries, positives and one hard-negative column; every column mixes modalities, audio included."""
+    queries = ["t", "t", "ti", "a", "t", "tv", "t", "ta"]
+    positives = ["i", "a", "ti", "t", "v", "av", "tiav", "a"]
+    negatives = ["a", "i", "t", "tv", "ia", "t", "v", "ti"]
+    batch = [make_column(m, seed + c, 100 * c) for c, m in enumerate((queries, positives, negatives))]
+    batch[2]["content_hash"][4] = batch[1]["content_hash"][0]  # a hard negative duplicating pair 0's positive
+    return batch
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def run(loss, model, batch, scale=1.0):
+    model.zero_grad()
+    out = loss(batch, None)
+    (torch.stack(list(out.values())).sum() * scale).backward()  # what the sentence-transformers trainer does
+    return {k: v.detach() for k, v in out.items()}, grads(model)
+
+
+CONFIGS = {
+    "full": {},
+    "full_on_whitened_symmetric": {"logits_on_whitened": True, "symmetric": True},
+    "plain_info_nce": {
+        "use_temperature": False,
+        "use_curriculum": False,
+        "use_dcl": False,
+        "use_whitening_coral": False,
+    },
+}
+
+
+def as_dtype(batch, dtype):
+    media = ("pixel_values", "pixel_values_videos", "input_features")
+    return [{k: v.to(dtype) if k in media else v for k, v in column.items()} for column in batch]
+
+
+# (config, dtype) -> tolerance (rtol = atol). Whitened logits in fp32: the whitening's conditioning (jitter 1e-3)
+# amplifies the ~1e-7 differences that mini-batched matmuls leave in the embeddings to ~1e-5; float64 shows the
+# cached and uncached computations are otherwise identical.
+TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("mini_batch_size", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cached_equals_uncached(config, mini_batch_size, dtype):
+    torch.manual_seed(0)
+    model = FakeOmniModel().to(dtype)
+    batch = as_dtype(make_batch(), dtype)
+    options = {"curriculum_warmup_steps": 0, "whitening_eps": 1e-3} | CONFIGS[config]
+    plain = E5OmniLoss(model, **options)
+    cached = CachedE5OmniLoss(model, mini_batch_size=mini_batch_size, slicer=fake_slicer, **options)
+    for loss in (plain, cached):
+        loss.set_step(5, 10)
+    expected_out, expected_grads = run(plain, model, batch)
+    out, got_grads = run(cached, model, batch)
+    tol = TOLERANCES[dtype] * (10 if dtype == torch.float32 and options.get("logits_on_whitened") else 1)
+    assert set(out) == {"dcl", "coral"}
+    for key in out:
+        torch.testing.assert_close(out[key], expected_out[key], rtol=tol, atol=tol)
+    assert set(got_grads) == set(expected_grads)
+    if options.get("use_temperature", True):
+        assert "log_temperature" in got_grads
+    for name in expected_grads:
+        torch.testing.assert_close(got_grads[name], expected_grads[name], rtol=tol, atol=tol, msg=name)
+    assert cached.last_diagnostics == pytest.approx(plain.last_diagnostics, rel=1e-5)
+
+
+def test_cached_with_the_project_slicer():
+    """The default slicer (modeling_e5omni.processing_e5omni.slice_features) on the same media layout."""
+    pytest.importorskip("modeling_e5omni.processing_e5omni")
+    torch.manual_seed(0)
+    model = FakeOmniModel()
+    batch = make_batch(seed=3)
+    plain = E5OmniLoss(model, curriculum_warmup_steps=0)
+    cached = CachedE5OmniLoss(model, mini_batch_size=3, curriculum_warmup_steps=0)  # default slicer
+    expected_out, expected_grads = run(plain, model, batch)
+    out, got_grads = run(cached, model, batch)
+    torch.testing.assert_close(sum(out.values()), sum(expected_out.values()), rtol=1e-5, atol=1e-6)
+    for name in expected_grads:
+        torch.testing.assert_close(got_grads[name], expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_outer_gradient_scale_reaches_every_parameter_including_the_temperature():
+    torch.manual_seed(0)
+    model = FakeOmniModel()
+    batch = make_batch()
+    cached = CachedE5OmniLoss(model, mini_batch_size=3, slicer=fake_slicer)
+    _, full = run(cached, model, batch)
+    _, quarter = run(cached, model, batch, scale=0.25)  # gradient accumulation / loss scaling
+    assert full["log_temperature"].abs().sum() > 0
+    for name in full:
+        torch.testing.assert_close(quarter[name], full[name] * 0.25, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_frozen_encoder_still_trains_the_temperature():
+    torch.manual_seed(0)
+    model = FakeOmniModel()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name == "log_temperature")
+    batch = make_batch()
+    _, expected = run(E5OmniLoss(model), model, batch)
+    _, got = run(CachedE5OmniLoss(model, mini_batch_size=3, slicer=fake_slicer), model, batch)
+    assert set(got) == {"log_temperature"}
+    torch.testing.assert_close(got["log_temperature"], expected["log_temperature"], rtol=1e-5, atol=1e-7)
+
+
+def test_replayed_forward_reproduces_the_dropout_of_the_first_pass():
+    torch.manual_seed(0)
+    model = FakeOmniModel(dropout=0.3).train()
+    batch = make_batch()
+    cached = CachedE5OmniLoss(model, mini_batch_size=3, slicer=fake_slicer)
+    model.outputs.clear()
+    out = cached(batch, None)
+    first_pass = list(model.outputs)
+    assert len(first_pass) == 9  # 3 columns x 3 mini-batches (3 + 3 + 2 items)
+    model.outputs.clear()
+    sum(out.values()).backward()
+    assert len(model.outputs) == 9
+    for before, replayed in zip(first_pass, model.outputs):
+        assert torch.equal(before, replayed)  # same dropout masks (RandContext), so the cached gradients apply
+    # Without the replayed RNG state the dropout masks would differ: the test can tell.
+    torch.manual_seed(1)
+    assert not torch.equal(model(fake_slicer(batch[0], 0, 3))["sentence_embedding"], first_pass[0])
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_evaluation_mode_returns_the_loss_without_a_graph():
+    torch.manual_seed(0)
+    model = FakeOmniModel()
+    batch = make_batch()
+    with torch.no_grad():
+        expected = E5OmniLoss(model)(batch, None)
+        got = CachedE5OmniLoss(model, mini_batch_size=3, slicer=fake_slicer)(batch, None)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+        assert not got[key].requires_grad
+
+
+def test_a_slicer_that_drops_items_is_caught():
+    model = FakeOmniModel()
+    broken = lambda features, start, end: fake_slicer(features, start, max(start + 1, end - 1))  # noqa: E731
+    cached = CachedE5OmniLoss(model, mini_batch_size=3, slicer=broken)
+    with pytest.raises(ValueError, match="slicer returned features for 2 items"):
+        cached(make_batch(), None)
+
+
+def test_options_and_delegation():
+    model = FakeOmniModel()
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        CachedE5OmniLoss(model, mini_batch_size=0, slicer=fake_slicer)
+    with pytest.raises(ValueError, match="slicer must be callable"):
+        CachedE5OmniLoss(model, slicer="slice_features")
+    with pytest.raises(ValueError, match="gamma_plus"):
+        CachedE5OmniLoss(model, slicer=fake_slicer, gamma_plus=2.0)
+    cached = CachedE5OmniLoss(model, mini_batch_size=4, slicer=fake_slicer, lambda_coral=0.1, curriculum_warmup_steps=0)
+    cached.set_step(50, 100)
+    assert cached.rho == pytest.approx(0.3)
+    config = cached.get_config_dict()
+    assert config["mini_batch_size"] == 4 and config["lambda_coral"] == 0.1
+    assert "2101.06983" in cached.citation and "2601.03666" in cached.citation
+    batch = make_batch()
+    batch[1] = {k: v for k, v in batch[1].items() if k != "modality_mask"}
+    with pytest.raises(ValueError, match="modality_mask"):
+        cached(batch, None)
