@@ -10,6 +10,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="e5omni-test-hf-"))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# On a shared 2-core machine, intra-op threads cost far more than they give for tiny models (10x measured).
+torch.set_num_threads(1)
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -13,6 +13,9 @@ from tests.golden import BACKBONE, GOLDEN, SEED, compute  # noqa: E402
 from train.tiny import build_tiny_model  # noqa: E402
 
 if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(1)  # as in the test session (tests/conftest.py)
     model, processor = build_tiny_model(BACKBONE, seed=SEED)
     model.set_processor(processor)
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)

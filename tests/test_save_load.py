@@ -88,7 +88,10 @@ def test_round_trip_in_a_fresh_offline_process(tmp_path, backbone):
         "AutoProcessor": "processing_e5omni.E5OmniProcessor"
     }
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error")
+    # Same intra-op thread count as this process (conftest pins 1): float reductions then match bit for bit.
+    env.update(
+        HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1"
+    )
     result = subprocess.run(
         [sys.executable, "-c", _CHILD, str(folder)], capture_output=True, text=True, env=env, cwd=tmp_path
     )
