@@ -62,7 +62,12 @@ class E5OmniConfig(PreTrainedConfig):
     temperature_min / temperature_max (`float`):
         Range tau is clamped to during training.
     whitening (`bool`, defaults to `False`):
-        Apply the stored whitening transform before normalisation. Off by default, like the released models.
+        Whiten the unit embeddings with the stored transform, then renormalise. Off by default, like the released
+        models; the statistics are still collected in training so a user can switch it on later.
+    whitening_eps (`float`, defaults to 1e-3):
+        Relative ridge of the ZCA transform: (C + eps * mean(eig C) * I)^(-1/2).
+    whitening_momentum (`float`, defaults to 0.01) / track_whitening_stats (`bool`):
+        Running statistics of training embeddings (exact average for the first 1/momentum updates, then EMA).
     image_formats (`list[str]`):
         Allow-list of image container formats.
     allow_remote_media (`bool`, defaults to `False`):
@@ -94,7 +99,9 @@ class E5OmniConfig(PreTrainedConfig):
     temperature_min: float = 0.005
     temperature_max: float = 1.0
     whitening: bool = False
-    whitening_eps: float = 1e-5
+    whitening_eps: float = 1e-3
+    whitening_momentum: float = 0.01
+    track_whitening_stats: bool = True
     image_formats: list[str] | None = None
     allow_remote_media: bool = False
 

@@ -49,14 +49,48 @@ class E5OmniOutput(ModelOutput):
 
 
 class E5OmniAlignment(nn.Module):
-    """The learned alignment state, kept in fp32 whatever dtype the backbone is loaded in."""
+    """The learned alignment state, kept in fp32 whatever dtype the backbone is loaded in.
+
+    - `log_temperature` (M,): log tau per modality (learning log tau keeps tau positive).
+    - `whitening_mean` (D,), `whitening_covariance` (D, D): running statistics of the L2-normalised embeddings seen
+      in training (like BatchNorm's running stats: updated by `forward` in training mode with gradients on, so a
+      GradCache no-grad pre-pass is not counted twice). The first 1/momentum updates are an exact running average,
+      later ones an exponential moving average.
+    - `whitening_matrix` (D, D): the ZCA transform (C + eps I)^(-1/2) derived from them by `refresh_whitening`.
+    """
 
     def __init__(self, hidden_size: int, temperature_init: float):
         super().__init__()
-        # log tau per modality; learning log tau keeps tau positive and makes multiplicative steps additive.
         self.log_temperature = nn.Parameter(torch.full((len(MODALITIES),), math.log(temperature_init)))
         self.register_buffer("whitening_mean", torch.zeros(hidden_size))
         self.register_buffer("whitening_matrix", torch.eye(hidden_size))
+        self.register_buffer("whitening_covariance", torch.eye(hidden_size))
+        self.register_buffer("whitening_updates", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def update_running_stats(self, x: torch.Tensor, momentum: float) -> None:
+        """Fold a batch of (B, D) normalised embeddings into the running mean / covariance."""
+        x = x.detach().float()
+        if x.shape[0] < 2:
+            return
+        rate = max(momentum, 1.0 / (int(self.whitening_updates) + 1))
+        mean = x.mean(0)  # (D,)
+        centred = x - mean
+        cov = centred.T @ centred / (x.shape[0] - 1)  # (D, D)
+        self.whitening_mean.lerp_(mean, rate)
+        self.whitening_covariance.lerp_(cov, rate)
+        self.whitening_updates += 1
+
+    @torch.no_grad()
+    def refresh_whitening(self, eps: float) -> None:
+        """whitening_matrix <- (C + eps * mean(eig(C)) * I)^(-1/2), computed in float64."""
+        cov = self.whitening_covariance.double()
+        cov = (cov + cov.T) / 2
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        eigenvalues = eigenvalues.clamp(min=0)
+        jitter = eps * eigenvalues.mean().clamp(min=1e-12)
+        inv_sqrt = (eigenvectors * (eigenvalues + jitter).rsqrt()) @ eigenvectors.T  # (D, D)
+        self.whitening_matrix.copy_(inv_sqrt.float())
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -84,6 +118,8 @@ class E5OmniPreTrainedModel(PreTrainedModel):
                 module.log_temperature.fill_(math.log(self.config.temperature_init))
                 module.whitening_mean.zero_()
                 module.whitening_matrix.copy_(torch.eye(module.whitening_matrix.shape[0]))
+                module.whitening_covariance.copy_(torch.eye(module.whitening_covariance.shape[0]))
+                module.whitening_updates.zero_()
             return
         backbone = getattr(self, "backbone", None)
         if backbone is not None and hasattr(backbone, "_init_weights"):
@@ -149,11 +185,20 @@ class E5OmniModel(E5OmniPreTrainedModel):
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_inputs)
         hidden = outputs.last_hidden_state  # (B, L, D)
         pooled = last_token_pool(hidden, attention_mask).float()  # (B, D), fp32 from here on
+        unit = nn.functional.normalize(pooled, dim=-1)
+        if self.training and torch.is_grad_enabled() and self.config.track_whitening_stats:
+            self.alignment.update_running_stats(unit, self.config.whitening_momentum)
         whiten = self.config.whitening if apply_whitening is None else apply_whitening
-        if whiten:
-            pooled = (pooled - self.alignment.whitening_mean) @ self.alignment.whitening_matrix
-        embeddings = nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
+        if whiten:  # whiten the unit vectors (what the statistics describe), then renormalise
+            unit = nn.functional.normalize(
+                (unit - self.alignment.whitening_mean) @ self.alignment.whitening_matrix, dim=-1
+            )
+        embeddings = unit if self.config.normalize else pooled
         return E5OmniOutput(embeddings=embeddings, last_hidden_state=hidden, modality_mask=modality_mask)
+
+    def refresh_whitening(self) -> None:
+        """Recompute `whitening_matrix` from the running statistics (the trainer calls this before saving)."""
+        self.alignment.refresh_whitening(self.config.whitening_eps)
 
     # ------------------------------------------------------------------------------------------------ encode
     def encode_query(self, items, **kwargs):

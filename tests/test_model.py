@@ -133,3 +133,35 @@ def test_progress_bar_for_long_inputs(omni_model, capsys):
 def test_odd_and_long_videos(omni_model, frames):
     emb = omni_model.encode_document([{"video": make_video(0, frames=frames)}])
     assert torch.isfinite(emb).all()
+
+
+def test_running_whitening_stats_update_only_in_training_with_grad():
+    from train.tiny import build_tiny_model
+
+    model, processor = build_tiny_model("qwen2.5-omni", seed=4)
+    model.set_processor(processor)
+    state = model.alignment
+    texts = [f"text number {i} about shapes and colours" for i in range(40)]
+    model.encode_document(texts)  # inference: no update
+    assert int(state.whitening_updates) == 0
+    batch = {k: v for k, v in processor(texts, role="document").items()}
+    model.train()
+    with torch.no_grad():
+        model(**batch)  # a GradCache pre-pass: not counted
+    assert int(state.whitening_updates) == 0
+    out = model(**batch)
+    assert int(state.whitening_updates) == 1
+    unit = out.embeddings.detach()
+    torch.testing.assert_close(state.whitening_mean, unit.mean(0), atol=1e-6, rtol=0)  # first update = exact mean
+    torch.testing.assert_close(state.whitening_covariance, torch.cov(unit.T), atol=1e-6, rtol=0)
+    model.eval()
+    model.refresh_whitening()
+    white = (unit - state.whitening_mean) @ state.whitening_matrix
+    # ZCA with a relative ridge: each data eigenvalue lam of C becomes lam / (lam + eps * mean(lam)), i.e. ~1 on the
+    # well-determined directions of the span, damped on the weakest ones, 0 off the span.
+    lam = torch.linalg.eigvalsh(torch.cov(unit.T).double()).clamp(min=0)
+    ridge = model.config.whitening_eps * lam.mean()
+    expected = (lam / (lam + ridge)).sort().values
+    got = torch.linalg.eigvalsh(torch.cov(white.T).double()).sort().values
+    assert (got - expected).abs().max() < 1e-3
+    assert (got[-20:] > 0.5).all()
