@@ -297,3 +297,18 @@ def test_gram_space_never_forms_the_d_by_d_covariance():
     loss.backward()
     assert fit.space == "gram" and stats.matrix.shape == (6, 6)
     assert time.perf_counter() - start < 10
+
+
+def test_collapsed_batch_stays_finite_in_fp32():
+    """A diverged run's batch: unit rows that differ only at the fp32 rounding level (seen at lr 5e-3 in training)."""
+    from train.losses.functional import whitened_coral_loss
+
+    torch.manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(1, 64), dim=-1)
+    for rows in (16, 128):  # Gram space (n <= D) and feature space (n > D)
+        noise = 1e-7 * torch.randn(rows, 64)
+        x = torch.nn.functional.normalize(base + noise, dim=-1).requires_grad_(True)
+        q, p = x[: rows // 2], x[rows // 2 :]
+        loss, _ = whitened_coral_loss(q, p, eps=1e-4)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(x.grad).all()

@@ -258,13 +258,25 @@ def info_nce_loss(logits: Tensor, positive_index: Tensor, keep_mask: Tensor | No
 
 
 # ---------------------------------------------------------------------------- component 3: whitening + CORAL
-def whitening_jitter(trace: Tensor, eps: float) -> Tensor:
-    """The diagonal jitter delta = eps * tr(C), or eps when the batch has no variance.
+#: Smallest total variance the jitter is scaled by, relative to the rows' mean squared norm (see whitening_jitter).
+COLLAPSE_FLOOR = 1e-2
+
+
+def whitening_jitter(trace: Tensor, eps: float, second_moment: Tensor | None = None) -> Tensor:
+    """The diagonal jitter delta = eps * max(tr(C), COLLAPSE_FLOOR * E||x||^2), or eps when the batch has no scale.
 
     Relative to the total variance tr(C) so that cond(C + delta I) <= 1 + 1/eps whatever the scale of the inputs (fp32
     factorisations stay accurate: 1e4 for eps = 1e-4) and the whitening is scale-invariant. For unit-norm embeddings
     tr(C) = 1 - ||mu||^2 <= 1. delta is part of the function: gradients flow through it.
+
+    The floor matters when a batch collapses (a diverging run, or every row nearly the same item): tr(C) then falls
+    to the fp32 rounding level of centring rows of norm ~1 (measured here: Cholesky failed on finite, collapsed
+    embeddings at step 8 of a run at lr 5e-3), and a jitter relative to tr(C) alone is smaller than the rounding
+    error. Flooring at a fraction of the rows' raw second moment E||x||^2 keeps the factorisation well posed and only
+    acts on batches whose variance is under 1% of their scale.
     """
+    if second_moment is not None:
+        trace = torch.maximum(trace, COLLAPSE_FLOOR * second_moment)
     return torch.where(trace > 0, eps * trace, torch.full_like(trace, eps))
 
 
@@ -388,7 +400,8 @@ class BatchWhitening:
                 matrix = _Gram.apply(self.centered) / (n - 1)  # (n, n) G
             else:
                 matrix = _Gram.apply(self.centered.mT) / (n - 1)  # (D, D) C
-            self.jitter = whitening_jitter(matrix.diagonal().sum(), self.eps)  # () delta
+            second_moment = (x * x).sum(-1).mean()  # () E||x||^2
+            self.jitter = whitening_jitter(matrix.diagonal().sum(), self.eps, second_moment)  # () delta
             self._inv_sqrt, self._shift, self.eigenvalues = _InverseSqrtPSD.apply(
                 matrix, self.jitter, out_of_sample and self.space == "gram"
             )
@@ -519,7 +532,7 @@ def whitened_coral_loss(
                 [torch.cat([_Gram.apply(q), g_qp], dim=1), torch.cat([g_qp.mT, _Gram.apply(p)], dim=1)], dim=0
             )  # (n, n) X X^T
             gram = _double_center(raw) / (n - 1)  # (n, n) G = Xc Xc^T / (n - 1)
-            jitter = whitening_jitter(gram.diagonal().sum(), eps)  # () delta
+            jitter = whitening_jitter(gram.diagonal().sum(), eps, raw.diagonal().mean())  # () delta
             eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
             inv = _spd_inverse(gram + jitter * eye)  # (n, n) (G + delta I)^-1
             white = (n - 1) * (eye - jitter * inv)  # (n, n) W(X) W(X)^T
@@ -527,7 +540,7 @@ def whitened_coral_loss(
             return loss, WhiteningStatistics(gram.detach(), jitter)
         x = torch.cat([q, p], dim=0)  # (n, D)
         cov = torch.cov(x.mT)  # (D, D) C
-        jitter = whitening_jitter(cov.diagonal().sum(), eps)  # () delta
+        jitter = whitening_jitter(cov.diagonal().sum(), eps, (x * x).sum(-1).mean())  # () delta
         delta = torch.cov(q.mT) - torch.cov(p.mT)  # (D, D) C_q - C_p
         inv = _spd_inverse(cov + jitter * torch.eye(dim, dtype=cov.dtype, device=cov.device))  # (D, D) A^-1
         half = inv @ delta  # (D, D)
