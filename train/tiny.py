@@ -25,6 +25,12 @@ BACKBONES = ("qwen2.5-omni", "qwen2-vl", "qwen2.5-vl")
 
 TEXT_HIDDEN = 64
 
+# Weight init std of every tiny tower. Transformers' default 0.02 suits hidden sizes in the thousands; at hidden 64
+# it makes attention nearly uniform, so the last token is an average dominated by the shared chat template and all
+# images (or audio clips) embed at cosine > 0.99 to each other (measured: audio 1.0000, image 0.993). At 0.1 they
+# start distinguishable (0.95) and the demo's recipe learns the synthetic task within minutes on CPU.
+INIT_STD = 0.1
+
 _OMNI_TOKENS = {
     "image_token": "<|IMAGE|>",
     "audio_token": "<|AUDIO|>",
@@ -186,6 +192,7 @@ def _text_kwargs(tokenizer, vocab_size: int) -> dict:
         "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
         "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         "tie_word_embeddings": False,
+        "initializer_range": INIT_STD,
     }
 
 
@@ -209,6 +216,7 @@ def build_backbone_config(backbone: str, tokenizer):
                 "window_size": 56,
                 "out_hidden_size": TEXT_HIDDEN,
                 "fullatt_block_indexes": [1],
+                "initializer_range": INIT_STD,
             },
             audio_config={
                 "num_mel_bins": 128,
@@ -219,6 +227,7 @@ def build_backbone_config(backbone: str, tokenizer):
                 "max_source_positions": 1500,
                 "n_window": 100,
                 "output_dim": TEXT_HIDDEN,
+                "initializer_range": INIT_STD,
             },
             audio_token_index=ids("<|AUDIO|>"),
             image_token_index=ids("<|IMAGE|>"),
@@ -228,6 +237,7 @@ def build_backbone_config(backbone: str, tokenizer):
             vision_start_token_id=ids("<|vision_bos|>"),
             vision_end_token_id=ids("<|vision_eos|>"),
             user_token_id=tokenizer.encode("user", add_special_tokens=False)[0],
+            initializer_range=INIT_STD,
         )
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
@@ -240,6 +250,7 @@ def build_backbone_config(backbone: str, tokenizer):
         "patch_size": 14,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
+        "initializer_range": INIT_STD,
     }
     cls = Qwen2VLConfig
     if backbone == "qwen2.5-vl":
@@ -255,6 +266,7 @@ def build_backbone_config(backbone: str, tokenizer):
             "window_size": 56,
             "out_hidden_size": TEXT_HIDDEN,
             "fullatt_block_indexes": [1],
+            "initializer_range": INIT_STD,
         }
     else:
         vision["hidden_size"] = TEXT_HIDDEN  # Qwen2-VL's merger projects to vision_config.hidden_size
@@ -265,6 +277,7 @@ def build_backbone_config(backbone: str, tokenizer):
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
+        initializer_range=INIT_STD,
     )
 
 
