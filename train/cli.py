@@ -1,5 +1,8 @@
 """The `e5omni` command line.
 
+    e5omni train --config configs/X.yaml [--key value ...]
+    e5omni eval MODEL --data synthetic:test|FILE [--output metrics.json] [--markdown table.md] [--plots DIR]
+    e5omni push FOLDER --repo-id ID [--revision BRANCH] [--private] [--create-pr] [--dry-run DIR]
     e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
     e5omni encode MODEL --text "..." [--image PATH] [--audio PATH] [--video PATH] [--query]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e5omni", description="e5-omni: omni-modal embeddings")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    sub.add_parser("train", help="fine-tune: e5omni train --config configs/demo.yaml [--key value ...]", add_help=False)
+
     p = sub.add_parser("init-tiny", help="write a tiny random e5-omni model folder (offline, seeded)")
     p.add_argument("out")
     p.add_argument("--backbone", choices=BACKBONES, default="qwen2.5-omni")
@@ -120,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_convert)
 
+    from train.evaluate import add_eval_parser
+    from train.publish import add_push_parser
+
+    add_eval_parser(sub)
+    add_push_parser(sub)
+
     p = sub.add_parser("demo", help="build the tiny model and embed one item of each modality")
     p.add_argument("--output-dir", default=None)
     p.set_defaults(func=_cmd_demo)
@@ -127,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # YAML + overrides over dataclasses: trl's TrlParser owns these flags
+        from train.run import train_main
+
+        train_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -1,0 +1,257 @@
+"""E5OmniTrainer end to end on the tiny model: CLI, state that must survive, LoRA, GradCache, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+
+from tests.conftest import make_image
+from train.cli import main
+from train.lora import apply_lora, lora_config, lora_targets
+from train.synthetic import build_synthetic
+from train.tiny import build_tiny_model
+from train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+
+REPO = Path(__file__).resolve().parents[1]
+PROBES = ["a red circle on the left", {"image": make_image(7)}, {"text": "beeps", "image": make_image(8)}]
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        temperature_lr=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        curriculum_warmup_steps=1,
+        disable_tqdm=True,
+    )
+    defaults.update(overrides)
+    return E5OmniTrainingArguments(**defaults)
+
+
+def _tiny(seed=0):
+    model, processor = build_tiny_model("qwen2.5-omni", seed=seed)
+    model.set_processor(processor)
+    return model
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="rho_init must be in"):
+        E5OmniTrainingArguments(output_dir="x", rho_init=1.5, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="temperature_min <= temperature_init"):
+        E5OmniTrainingArguments(output_dir="x", temperature_init=5.0, report_to="none", use_cpu=True)
+
+
+def test_examples_without_enough_negatives_are_named(tmp_path):
+    examples = build_synthetic("train", n=9, seed=0)
+    examples[4] = {k: v for k, v in examples[4].items() if k != "negatives"}
+    with pytest.raises(ValueError, match="example 4 has 0 hard negatives, but num_negatives=2"):
+        E5OmniTrainer(_tiny(), _args(tmp_path, num_negatives=2), examples)
+
+
+def test_cli_smoke_state_changes_and_survives_release(tmp_path):
+    out, release = tmp_path / "run", tmp_path / "release"
+    code = main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--synthetic_size",
+            "48",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "8",
+            "--temperature_lr",
+            "0.05",
+            "--output_dir",
+            str(out),
+            "--release_dir",
+            str(release),
+            "--logging_steps",
+            "1",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    assert code == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 6  # 48 examples / 8 per step, logged every step
+    for key in ("dcl", "coral", "tau_text", "tau_image", "tau_audio", "tau_video", "rho", "negatives_kept_fraction"):
+        assert key in logged[-1], key
+    auto = AutoModel.from_pretrained(release, trust_remote_code=True)
+    temperatures = auto.temperatures
+    assert any(abs(t - 0.02) > 1e-4 for t in temperatures.values()), temperatures  # tau learned
+    assert int(auto.alignment.whitening_updates) > 0
+    assert not torch.equal(auto.alignment.whitening_matrix, torch.eye(auto.config.hidden_size))
+    st = SentenceTransformer(str(release), trust_remote_code=True, device="cpu")
+    diff = (st.encode_document(PROBES, convert_to_tensor=True) - auto.encode_document(PROBES)).abs().max()
+    assert diff < 1e-5
+
+
+def test_temperatures_clamped_and_not_decayed(tmp_path):
+    model = _tiny()
+    examples = build_synthetic("train", n=16, seed=0)
+    args = _args(tmp_path, temperature_lr=50.0, weight_decay=0.5, temperature_max=0.05, temperature_min=0.01)
+    trainer = E5OmniTrainer(model, args, examples)
+    trainer.train()
+    tau = model.log_temperature.detach().exp()
+    assert (tau >= 0.01 - 1e-7).all() and (tau <= 0.05 + 1e-7).all(), tau
+    groups = [g for g in trainer.optimizer.param_groups if any(p is model.log_temperature for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0 and groups[0]["initial_lr"] == 50.0
+
+
+def test_group_by_pair_batches_are_homogeneous(tmp_path):
+    examples = build_synthetic("train", n=72, seed=0)
+    trainer = E5OmniTrainer(_tiny(), _args(tmp_path, group_by_pair=True), examples)
+    loader = trainer.get_train_dataloader()
+    seen = 0
+    for batch in loader:
+        masks = batch["query_modality_mask"], batch["positive_modality_mask"]
+        assert all((m == m[0]).all() for m in masks)
+        seen += 1
+    assert seen == 9
+
+
+def test_lora_only_on_language_model_and_merged_release_reloads(tmp_path):
+    model = apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0))
+    targets = lora_targets(model)
+    assert targets and all(".language_model.layers." in f".{t}" for t in targets)
+    assert not [t for t in targets if "visual" in t or "audio_tower" in t]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.endswith("log_temperature") for n in trainable)
+    trainer = E5OmniTrainer(model, _args(tmp_path, learning_rate=5e-3), build_synthetic("train", n=24, seed=0))
+    trainer.train()
+    before = trainer.e5omni_model.encode_document(PROBES)
+    release = trainer.save_release(tmp_path / "release")
+    assert not (release / "adapter_config.json").exists()
+    reloaded = AutoModel.from_pretrained(release, trust_remote_code=True)
+    assert (reloaded.encode_document(PROBES) - before).abs().max() < 1e-5
+    assert reloaded.temperatures == pytest.approx(trainer.e5omni_model.temperatures)
+
+
+def test_gradcache_first_step_equals_plain(tmp_path):
+    examples = build_synthetic("train", n=8, seed=0)
+    losses = []
+    for mini in (None, 3):
+        trainer = E5OmniTrainer(_tiny(), _args(tmp_path, max_steps=1, gradcache_mini_batch_size=mini), examples)
+        trainer.train()
+        losses.append(next(h["loss"] for h in trainer.state.log_history if "loss" in h))
+    assert abs(losses[0] - losses[1]) < 1e-5, losses
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "train.cli",
+        "train",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--synthetic_size",
+        "64",
+        "--max_steps",
+        "16",
+        "--per_device_train_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "4",
+        "--temperature_lr",
+        "0.05",
+        "--curriculum_warmup_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+
+
+def _losses(folder: Path) -> dict[int, float]:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_resume_after_kill_reproduces_the_loss_curve(tmp_path):
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(full), check=True, env=_env(), cwd=REPO, capture_output=True)
+    reference = _losses(full)
+    assert sorted(reference) == list(range(1, 17))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = killed / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+    proc.send_signal(signal.SIGKILL)  # mid-run, right after its first checkpoint
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    checkpoints = sorted(
+        (p for p in killed.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    last = checkpoints[-1]
+    start = int(last.name.split("-")[1])
+    assert start < 16, "the run finished before it could be killed"
+    resumed = subprocess.run(
+        _train_cmd(killed, "--resume_from_checkpoint", str(last)), env=_env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = _losses(killed)
+    for step in range(start + 1, 17):
+        assert abs(after[step] - reference[step]) < 1e-5, (step, after[step], reference[step])
+    final_full = AutoModel.from_pretrained(full, trust_remote_code=True)
+    final_resumed = AutoModel.from_pretrained(killed, trust_remote_code=True)
+    assert torch.allclose(final_full.log_temperature, final_resumed.log_temperature, atol=1e-6)
+    assert torch.allclose(final_full.alignment.whitening_mean, final_resumed.alignment.whitening_mean, atol=1e-6)
+
+
+def test_two_process_gloo_first_step_equals_union_batch(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    common = ["--max_steps", "1", "--save_strategy", "no"]
+    subprocess.run(
+        _train_cmd(single, *common, "--per_device_train_batch_size", "8"),
+        check=True,
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    result = subprocess.run(
+        torchrun + _train_cmd(double, *common, "--per_device_train_batch_size", "4", "--ddp_backend", "gloo")[1:],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _losses(single)[1], _losses(double)[1]
+    assert abs(one - two) < 1e-4, (one, two)

@@ -1,0 +1,114 @@
+"""LoRA on the language model only, through peft, injected in place so the model keeps its class and methods.
+
+`apply_lora(model, ...)` wraps the matched linear layers of `E5OmniModel.backbone.language_model` with LoRA layers
+(peft's `LoraModel`, in place): the vision and audio towers, the embeddings and everything else stay frozen, except
+the alignment state (`log_temperature` stays trainable; the whitening buffers are statistics). The plain
+`target_modules=["q_proj", ...]` of most recipes would also hit the audio tower and vision blocks, hence the default
+regex below.
+
+Checkpoints keep the LoRA layers in the weights and write `lora_config.json` next to them (`E5OmniSTModule.load`
+re-injects before loading, so a resumed run continues exactly). Release folders are merged (`merge_lora`) and so are
+self-contained; `save_adapter` writes an adapter-only folder for users who want one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+#: Attention and MLP projections of the language model's decoder layers, for every backbone we serve.
+DEFAULT_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+LORA_CONFIG_FILE = "lora_config.json"
+
+
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] | None = None):
+    from peft import LoraConfig
+
+    if r < 1:
+        raise ValueError(f"lora r must be >= 1, got {r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout must be in [0, 1), got {dropout}")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or DEFAULT_LORA_TARGETS,
+        bias="none",
+    )
+
+
+def apply_lora(model: nn.Module, config) -> nn.Module:
+    """Inject LoRA layers into `model` in place; only they (and `log_temperature`) stay trainable."""
+    from peft import LoraModel
+
+    if getattr(model, "_e5omni_lora", None) is not None:
+        raise ValueError("this model already carries LoRA layers")
+    wrapper = LoraModel(model, config, adapter_name="default")
+    targeted = [name for name, module in model.named_modules() if hasattr(module, "lora_A")]
+    if not targeted:
+        raise ValueError(f"LoRA target_modules {config.target_modules!r} matched no layer of the model")
+    outside = [name for name in targeted if ".language_model." not in f".{name}"]
+    if outside:
+        raise ValueError(f"LoRA must stay on the language model; these targets are outside it: {outside[:5]}")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("lora_" in name or name.endswith("log_temperature"))
+    object.__setattr__(model, "_e5omni_lora", wrapper)  # not a submodule: state_dict stays the model's own
+    object.__setattr__(model, "_e5omni_lora_config", config)
+    return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    return getattr(model, "_e5omni_lora", None) is not None
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if hasattr(module, "lora_A")]
+
+
+def save_lora_config(model: nn.Module, folder: str | os.PathLike) -> None:
+    config = model._e5omni_lora_config.to_dict()
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    Path(folder, LORA_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_lora_config(folder: str | os.PathLike):
+    from peft import LoraConfig
+
+    path = Path(folder, LORA_CONFIG_FILE)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    keep = {k: data[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias") if k in data}
+    return LoraConfig(**keep)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the LoRA weights into the base layers and remove them (in place); returns the plain model."""
+    wrapper = getattr(model, "_e5omni_lora", None)
+    if wrapper is None:
+        return model
+    merged = wrapper.merge_and_unload()
+    object.__setattr__(merged, "_e5omni_lora", None)
+    object.__setattr__(merged, "_e5omni_lora_config", None)
+    for parameter in merged.parameters():
+        parameter.requires_grad_(True)
+    return merged
+
+
+def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """An adapter-only folder: adapter_model.safetensors (LoRA weights + log_temperature) and adapter_config.json."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if not has_lora(model):
+        raise ValueError("the model has no LoRA layers to save")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    state["alignment.log_temperature"] = model.alignment.log_temperature.detach().contiguous()
+    save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    model._e5omni_lora_config.save_pretrained(str(folder))
+    return folder

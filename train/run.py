@@ -1,0 +1,133 @@
+"""`e5omni train --config configs/X.yaml [--key value ...]`: YAML recipe + CLI overrides over dataclasses.
+
+Arguments are parsed with trl's `TrlParser` (the YAML file sets defaults, command-line flags override them) over three
+dataclasses: trl's `ModelConfig` (model path, LoRA rank/alpha/dropout/targets, 4-bit quantisation), `DataArguments`
+(below) and `E5OmniTrainingArguments`. LoRA and quantisation configs come from trl's `get_peft_config` /
+`get_quantization_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny"
+
+
+@dataclass
+class DataArguments:
+    """Where the training (and optional eval) examples come from."""
+
+    train_data: str = field(
+        default="synthetic:train",
+        metadata={"help": "synthetic:train | a .jsonl or .csv file | hub:<dataset name>[:split]"},
+    )
+    eval_data: str | None = field(default=None, metadata={"help": "same forms as train_data; used for the eval loss"})
+    media_root: str | None = field(default=None, metadata={"help": "folder that media paths in files are under"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many examples"})
+    synthetic_size: int = field(default=512, metadata={"help": "examples to generate for synthetic:train"})
+    synthetic_difficulty: float = field(default=0.5, metadata={"help": "difficulty of the synthetic dataset"})
+    synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic dataset"})
+    release_dir: str | None = field(default=None, metadata={"help": "also write a merged Hub-ready folder here"})
+
+    def __post_init__(self):
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(f"max_train_examples must be >= 1, got {self.max_train_examples}")
+        if self.synthetic_size < 1:
+            raise ValueError(f"synthetic_size must be >= 1, got {self.synthetic_size}")
+        if not 0 <= self.synthetic_difficulty <= 1:
+            raise ValueError(f"synthetic_difficulty must be in [0, 1], got {self.synthetic_difficulty}")
+
+
+def load_examples(spec: str, data: DataArguments, split: str = "train") -> list[dict]:
+    """Examples from a data spec (see `DataArguments.train_data`)."""
+    from train import data as data_module
+
+    if spec.startswith("synthetic:"):
+        from train.synthetic import build_synthetic
+
+        which = spec.split(":", 1)[1] or split
+        n = data.synthetic_size if which == "train" else None
+        return build_synthetic(which, n=n, seed=data.synthetic_seed, difficulty=data.synthetic_difficulty)
+    if spec.startswith("hub:"):
+        name, _, hub_split = spec[4:].partition(":")
+        return list(data_module.load_hub_dataset(name, hub_split or split))
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {spec!r} (expected synthetic:train, hub:NAME or a file)")
+    root = data.media_root or path.parent
+    if path.suffix == ".jsonl":
+        return list(data_module.load_jsonl(path, media_root=root))
+    if path.suffix == ".csv":
+        return list(data_module.load_csv(path, media_root=root))
+    raise ValueError(f"unsupported data file {spec!r}: expected .jsonl or .csv")
+
+
+def load_model(model_args, dtype=None):
+    """`tiny[:backbone][@seed]` builds the embedded default; otherwise a folder / Hub id of ours or a convertible one."""
+    from trl import get_quantization_config
+
+    from modeling_e5omni import E5OmniModel, E5OmniProcessor
+    from train.tiny import build_tiny_model
+
+    name = model_args.model_name_or_path or TINY_PREFIX
+    if name == TINY_PREFIX or name.startswith(TINY_PREFIX + ":"):
+        spec = name.split(":", 1)[1] if ":" in name else "qwen2.5-omni"
+        backbone, _, seed = spec.partition("@")
+        model, processor = build_tiny_model(backbone, seed=int(seed or 0))
+        model.set_processor(processor)
+        return model
+    quantization = get_quantization_config(model_args)
+    kwargs = {"revision": model_args.model_revision}
+    if quantization is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("4-bit / 8-bit quantisation (QLoRA) needs a CUDA GPU and bitsandbytes")
+        kwargs["quantization_config"] = quantization
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name, trust_remote_code=True, revision=model_args.model_revision)
+    if config.model_type != "e5omni":
+        raise ValueError(
+            f"{name} is a {config.model_type!r} checkpoint; convert it first: e5omni convert {name} OUT, then train OUT"
+        )
+    model = E5OmniModel.from_pretrained(name, **kwargs)
+    model.set_processor(E5OmniProcessor.from_pretrained(name, config=model.config, revision=model_args.model_revision))
+    return model
+
+
+def train_main(argv: list[str] | None = None) -> dict:
+    from trl import ModelConfig, TrlParser, get_peft_config
+
+    from train.lora import apply_lora, lora_config
+    from train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+
+    parser = TrlParser((ModelConfig, DataArguments, E5OmniTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    train_examples = load_examples(data_args.train_data, data_args, "train")
+    if data_args.max_train_examples:
+        train_examples = train_examples[: data_args.max_train_examples]
+    eval_examples = load_examples(data_args.eval_data, data_args, "test") if data_args.eval_data else None
+    model = load_model(model_args)
+    if model_args.use_peft:
+        peft = get_peft_config(model_args)
+        targets = model_args.lora_target_modules
+        model = apply_lora(model, lora_config(peft.r, peft.lora_alpha, peft.lora_dropout, targets or None))
+    trainer = E5OmniTrainer(model, training_args, train_examples, eval_examples=eval_examples)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if trainer.is_world_process_zero():  # the log history (losses, temperatures, rho) for plots and reports
+        trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
+    summary = {"train_loss": result.training_loss, "global_step": result.global_step}
+    summary["temperatures"] = trainer.e5omni_model.temperatures
+    if data_args.release_dir:
+        summary["release_dir"] = str(trainer.save_release(data_args.release_dir, overwrite=True))
+    print(json.dumps(summary))
+    return summary

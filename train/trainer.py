@@ -1,0 +1,290 @@
+"""E5OmniTrainer: sentence-transformers' trainer with the e5-omni alignment losses injected.
+
+What it adds to `SentenceTransformerTrainer`:
+
+- builds `E5OmniLoss` (or its GradCache variant) from `E5OmniTrainingArguments` and feeds it the global step, so the
+  curriculum rho_t is a pure function of the step and a resumed run continues exactly;
+- puts `log_temperature` in its own optimizer group (no weight decay, its own learning rate) and clamps tau to
+  [temperature_min, temperature_max] after every optimizer step;
+- logs every loss component (`dcl`, `coral`), the per-modality temperatures, rho, the fraction of negatives kept and
+  the whitening residual;
+- collates omni examples itself (`train.collator`): queries with the query prompt, documents without, per-column
+  modality masks and content hashes;
+- optional LoRA on the language model only (`train.lora`), kept through checkpoints, merged for release;
+- refreshes the whitening matrix from the running statistics before every save.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from transformers import TrainerCallback
+
+from modeling_e5omni import E5OmniModel
+from modeling_e5omni.sentence_e5omni import sentence_transformer
+from train.collator import E5OmniDataCollator, check_examples, examples_dataset
+from train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
+from train.lora import has_lora, save_lora_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
+    """Training arguments of the e5-omni recipe (defaults: the paper's, see docs/losses.md and PAPER.md)."""
+
+    temperature_init: float = field(default=0.02, metadata={"help": "initial tau_0 for every modality"})
+    temperature_lr: float | None = field(default=None, metadata={"help": "learning rate of log tau (default: lr)"})
+    temperature_min: float = field(default=0.005, metadata={"help": "tau is clamped to [min, max] after each step"})
+    temperature_max: float = field(default=1.0, metadata={"help": "upper clamp of tau"})
+    use_temperature: bool = field(default=True, metadata={"help": "modality-aware temperatures (component 1)"})
+    use_curriculum: bool = field(default=True, metadata={"help": "negative curriculum (component 2)"})
+    use_dcl: bool = field(default=True, metadata={"help": "debiased contrastive loss (component 2)"})
+    use_whitening_coral: bool = field(default=True, metadata={"help": "batch whitening + CORAL (component 3)"})
+    logits_on_whitened: bool = field(default=False, metadata={"help": "compute logits on whitened embeddings"})
+    symmetric: bool = field(default=False, metadata={"help": "add the document->query direction"})
+    rho_init: float = field(default=0.1, metadata={"help": "fraction of negatives masked before warm-up ends"})
+    rho_final: float = field(default=0.5, metadata={"help": "fraction masked at the last step"})
+    curriculum_warmup_steps: int = field(default=4000, metadata={"help": "t0: steps at rho_init"})
+    gamma_plus: float = field(default=0.1, metadata={"help": "DCL positive prior gamma_plus"})
+    dcl_eps: float = field(default=1e-6, metadata={"help": "DCL floor, relative to exp(S_ii)"})
+    lambda_coral: float = field(default=0.05, metadata={"help": "weight of the CORAL term"})
+    whitening_eps: float = field(default=1e-4, metadata={"help": "relative jitter of batch whitening"})
+    num_negatives: int | None = field(default=None, metadata={"help": "hard negatives per query (default: data's)"})
+    gradcache_mini_batch_size: int | None = field(
+        default=None, metadata={"help": "GradCache mini-batch size; unset = plain loss"}
+    )
+    group_by_pair: bool = field(default=False, metadata={"help": "one modality pair per batch"})
+
+    def __post_init__(self):
+        if self.ddp_find_unused_parameters is None:
+            # The loss runs the model once per column before one backward; DDP's unused-parameter search then marks
+            # parameters ready twice. Every parameter is used every step (log tau is frozen when temperatures are off).
+            self.ddp_find_unused_parameters = False
+        super().__post_init__()
+        problems = []
+        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+            problems.append(
+                "need 0 < temperature_min <= temperature_init <= temperature_max, got "
+                f"{self.temperature_min}, {self.temperature_init}, {self.temperature_max}"
+            )
+        if self.temperature_lr is not None and self.temperature_lr < 0:
+            problems.append(f"temperature_lr must be >= 0, got {self.temperature_lr}")
+        for name in ("rho_init", "rho_final"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.curriculum_warmup_steps < 0:
+            problems.append(f"curriculum_warmup_steps must be >= 0, got {self.curriculum_warmup_steps}")
+        if not 0 <= self.gamma_plus < 1:
+            problems.append(f"gamma_plus must be in [0, 1), got {self.gamma_plus}")
+        if self.lambda_coral < 0:
+            problems.append(f"lambda_coral must be >= 0, got {self.lambda_coral}")
+        if self.num_negatives is not None and self.num_negatives < 0:
+            problems.append(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if self.gradcache_mini_batch_size is not None and self.gradcache_mini_batch_size < 1:
+            problems.append(f"gradcache_mini_batch_size must be >= 1, got {self.gradcache_mini_batch_size}")
+        if problems:
+            raise ValueError("invalid E5OmniTrainingArguments:\n  - " + "\n  - ".join(problems))
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {
+            "use_temperature": self.use_temperature,
+            "temperature": self.temperature_init,
+            "use_curriculum": self.use_curriculum,
+            "rho_init": self.rho_init,
+            "rho_final": self.rho_final,
+            "curriculum_warmup_steps": self.curriculum_warmup_steps,
+            "use_dcl": self.use_dcl,
+            "gamma_plus": self.gamma_plus,
+            "dcl_eps": self.dcl_eps,
+            "use_whitening_coral": self.use_whitening_coral,
+            "lambda_coral": self.lambda_coral,
+            "whitening_eps": self.whitening_eps,
+            "logits_on_whitened": self.logits_on_whitened,
+            "symmetric": self.symmetric,
+        }
+
+
+def build_loss(model: SentenceTransformer, args: E5OmniTrainingArguments):
+    if args.gradcache_mini_batch_size:
+        return CachedE5OmniLoss(model, mini_batch_size=args.gradcache_mini_batch_size, **args.loss_kwargs())
+    return E5OmniLoss(model, **args.loss_kwargs())
+
+
+class _AlignmentCallback(TrainerCallback):
+    """Clamps tau after every optimizer step (transformers calls this right after `optimizer.step()`)."""
+
+    def __init__(self, trainer: E5OmniTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        clamp_temperatures_(self.trainer.e5omni_model, args.temperature_min, args.temperature_max)
+
+
+class E5OmniTrainer(SentenceTransformerTrainer):
+    """Fine-tune an `E5OmniModel` on omni examples with the e5-omni recipe.
+
+    Args:
+        model: an `E5OmniModel` (with its processor set) or a `SentenceTransformer` built by
+            `modeling_e5omni.sentence_e5omni.sentence_transformer` / loaded from one of our folders.
+        args: `E5OmniTrainingArguments`.
+        train_examples: a sequence of `{"query", "positive", "negatives"?}` examples (see `train.data`).
+        eval_examples: optional examples for the eval loss.
+        loss: override the loss built from `args`.
+    """
+
+    def __init__(
+        self,
+        model: E5OmniModel | SentenceTransformer,
+        args: E5OmniTrainingArguments,
+        train_examples: Sequence[dict],
+        eval_examples: Sequence[dict] | None = None,
+        loss: torch.nn.Module | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs,
+    ):
+        if not isinstance(args, E5OmniTrainingArguments):
+            raise TypeError(f"args must be E5OmniTrainingArguments, got {type(args).__name__}")
+        st = model if isinstance(model, SentenceTransformer) else sentence_transformer(model)
+        self.e5omni_model = st[0].auto_model
+        if not args.use_temperature:  # unused by the loss: frozen, so DDP sees no parameter without a gradient
+            self.e5omni_model.log_temperature.requires_grad_(False)
+        config = self.e5omni_model.config
+        num_negatives = args.num_negatives
+        if num_negatives is None:
+            num_negatives = min(len(e.get("negatives") or []) for e in train_examples) if train_examples else 0
+        check_examples(train_examples, num_negatives)
+        if eval_examples is not None:
+            check_examples(eval_examples, num_negatives)
+        self.train_examples = train_examples
+        self.num_negatives = num_negatives
+        collator = E5OmniDataCollator(
+            _ConcatExamples(train_examples, eval_examples),
+            st[0].preprocess,
+            num_negatives,
+            config.query_prompt,
+            config.document_prompt,
+        )
+        eval_dataset = None
+        if eval_examples is not None:
+            offset = len(train_examples)
+            eval_dataset = examples_dataset(eval_examples).map(lambda row: {"example": row["example"] + offset})
+        super().__init__(
+            model=st,
+            args=args,
+            train_dataset=examples_dataset(train_examples),
+            eval_dataset=eval_dataset,
+            loss=loss if loss is not None else build_loss(st, args),
+            data_collator=collator,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self.add_callback(_AlignmentCallback(self))
+
+    # ------------------------------------------------------------------------------------------ pieces we own
+    def add_model_card_callback(self, *args, **kwargs) -> None:
+        """Our Hub README comes from `model_card/`; the stock card reads dataset metadata our index dataset lacks."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """The stock rule, minus `log_temperature`: temperatures are never weight-decayed."""
+        return [name for name in super().get_decay_parameter_names(model) if not name.endswith("log_temperature")]
+
+    def create_optimizer(self, *args, **kwargs):
+        """The stock optimizer; with `temperature_lr`, log tau moves to a group of its own with that lr."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if fresh and self.args.temperature_lr is not None:
+            temperature = self.e5omni_model.log_temperature
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not temperature]
+            optimizer.add_param_group({"params": [temperature], "weight_decay": 0.0, "lr": self.args.temperature_lr})
+        return optimizer
+
+    def get_batch_sampler(self, dataset, *args, **kwargs):
+        if not self.args.group_by_pair:
+            return super().get_batch_sampler(dataset, *args, **kwargs)
+        from train.sampler import PairGroupedBatchSampler
+
+        pairs = [self._example(int(i)).get("pair") or _pair_of(self._example(int(i))) for i in dataset["example"]]
+        return PairGroupedBatchSampler(
+            pairs,
+            batch_size=kwargs.get("batch_size", self.args.train_batch_size),
+            drop_last=kwargs.get("drop_last", False),
+            seed=kwargs.get("seed", self.args.seed),
+        )
+
+    def _example(self, index: int) -> dict:
+        return self.data_collator.examples[index]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_fn = self.loss
+        if hasattr(loss_fn, "set_step"):
+            loss_fn.set_step(self.state.global_step, self.state.max_steps or None)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        diagnostics = getattr(self.loss, "last_diagnostics", None)
+        if diagnostics and "loss" in logs:  # training logs only, not eval
+            logs = {**logs, **{k: round(float(v), 6) for k, v in diagnostics.items()}}
+        super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------- checkpoints & release
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        self.e5omni_model.refresh_whitening()
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if has_lora(self.e5omni_model):
+            save_lora_config(self.e5omni_model, output_dir)
+
+    def _load_from_checkpoint(self, checkpoint_path: str) -> None:
+        """Load the checkpoint's weights into the model in place (LoRA layers and alignment state included)."""
+        from safetensors.torch import load_file
+
+        path = Path(checkpoint_path) / "model.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{checkpoint_path} has no model.safetensors to resume from")
+        self.e5omni_model.load_state_dict(load_file(str(path)), strict=True)
+
+    def save_release(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """A self-contained Hub-ready folder: LoRA merged, whitening refreshed, sentence-transformers files."""
+        from train.hub import save_hub_folder
+        from train.lora import merge_lora
+
+        model = self.e5omni_model
+        model.refresh_whitening()
+        if has_lora(model):
+            model = merge_lora(model)
+            self.e5omni_model = model
+            self.model[0].auto_model = model
+        model.eval()
+        return save_hub_folder(model, self.model[0].processor, output_dir, overwrite=overwrite)
+
+
+class _ConcatExamples(Sequence):
+    """Train examples followed by eval examples, addressed by one index (the collator's lookup table)."""
+
+    def __init__(self, first: Sequence[dict], second: Sequence[dict] | None):
+        self.first, self.second = first, second or []
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.first)
+        return self.first[index] if index < n else self.second[index - n]
+
+
+def _pair_of(example: dict) -> str:
+    from train.data import pair_name
+
+    return pair_name(example)
+
+
+__all__ = ["E5OmniTrainer", "E5OmniTrainingArguments", "build_loss"]
