@@ -239,7 +239,11 @@ class E5OmniModel(E5OmniPreTrainedModel):
         device = next(self.parameters()).device
         chunks: list[torch.Tensor] = []
         try:
-            for b in tqdm(range(n_batches), desc="encode queries" if role == "query" else "encode documents", disable=not show_progress_bar):
+            for b in tqdm(
+                range(n_batches),
+                desc="encode queries" if role == "query" else "encode documents",
+                disable=not show_progress_bar,
+            ):
                 index = order[b * batch_size : (b + 1) * batch_size]
                 decoded = [normalize_item(items[i], i, self.config) for i in index]
                 batch = processor.process_decoded(decoded, role)

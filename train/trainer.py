@@ -30,8 +30,8 @@ from transformers import TrainerCallback
 from modeling_e5omni import E5OmniModel
 from modeling_e5omni.sentence_e5omni import sentence_transformer
 from train.collator import E5OmniDataCollator, check_examples, examples_dataset
-from train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
 from train.lora import has_lora, save_lora_config
+from train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
 
 logger = logging.getLogger(__name__)
 
