@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
 from train.tiny import BACKBONES
 
@@ -53,45 +51,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_items():
-    """One seeded item of each modality, plus a mixed one (used by the demo and the docs)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8))
-    t = np.arange(16000) / 16000
-    audio = {"array": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), "sampling_rate": 16000}
-    video = rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
-    return {
-        "text": "a red circle in the top left corner",
-        "image": image,
-        "audio": {"audio": audio},
-        "video": {"video": video},
-        "mixed": {"text": "a caption with its picture and sound", "image": image, "audio": audio},
-    }
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from train.tiny import build_tiny_model
+    from train.demo import run_demo
 
-    start = time.perf_counter()
-    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
-    model.set_processor(processor)
-    items = demo_items()
-    queries = model.encode_query([items["text"]])
-    docs = model.encode_document(list(items.values()))
-    scores = model.similarity(queries, docs)[0]
-    print(
-        f"tiny qwen2.5-omni e5-omni model: D={docs.shape[1]}, built and encoded in {time.perf_counter() - start:.1f} s"
-    )
-    for name, vector, score in zip(items, docs, scores, strict=True):
-        print(f"  {name:6s} |e|={vector.norm():.4f}  cos(query, doc)={score:+.4f}")
-    if args.output_dir:
-        from train.hub import save_hub_folder
-
-        out = save_hub_folder(model, processor, Path(args.output_dir) / "model", overwrite=True)
-        print(f"saved a Hub-ready folder to {out}")
+    run_demo(args.output_dir, config=args.config, overrides=args.overrides)
     return 0
 
 
@@ -131,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_push_parser(sub)
 
-    p = sub.add_parser("demo", help="build the tiny model and embed one item of each modality")
-    p.add_argument("--output-dir", default=None)
+    p = sub.add_parser("demo", help="tiny model: evaluate, fine-tune with the full recipe, evaluate, save, reload")
+    p.add_argument("--output-dir", default="demo-output")
+    p.add_argument("--config", default=None, help="recipe YAML (default: configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. -- --num_train_epochs 2")
     p.set_defaults(func=_cmd_demo)
     return parser
 
