@@ -255,3 +255,33 @@ def test_two_process_gloo_first_step_equals_union_batch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _losses(single)[1], _losses(double)[1]
     assert abs(one - two) < 1e-4, (one, two)
+
+
+def test_push_to_hub_goes_through_the_atomic_push(tmp_path):
+    from tests.test_publish import FakeHfApi
+
+    api = FakeHfApi()
+    model = apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0))
+    args = _args(tmp_path, hub_model_id="me/e5-omni-tiny", hub_token="hf_FAKEtoken1234567890abcd", max_steps=2)
+    trainer = E5OmniTrainer(model, args, build_synthetic("train", n=16, seed=0), hub_api=api)
+    trainer.train()
+    expected = trainer.e5omni_model.encode_document(PROBES)
+    result = trainer.push_to_hub()
+    commits = [c for c in api.calls if c[0] == "create_commit"]
+    assert len(commits) == 1
+    assert result.commit_oid
+    folder = tmp_path / "pulled"
+    api.snapshot_download("me/e5-omni-tiny", revision=result.commit_oid, local_dir=str(folder))
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "modules.json", "README.md", "calibration.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert "hf_FAKEtoken1234567890abcd" not in "".join(
+        p.read_text(errors="ignore") for p in folder.rglob("*") if p.is_file()
+    )
+    reloaded = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert (reloaded.encode_document(PROBES) - expected).abs().max() < 1e-5
+    assert has_lora_layers(trainer.e5omni_model)  # training state untouched: LoRA merged on a copy
+
+
+def has_lora_layers(model) -> bool:
+    return bool(lora_targets(model))

@@ -148,6 +148,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         eval_examples: Sequence[dict] | None = None,
         loss: torch.nn.Module | None = None,
         callbacks: list[TrainerCallback] | None = None,
+        hub_api: Any = None,
         **kwargs,
     ):
         if not isinstance(args, E5OmniTrainingArguments):
@@ -165,6 +166,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
             check_examples(eval_examples, num_negatives)
         self.train_examples = train_examples
         self.num_negatives = num_negatives
+        self.hub_api = hub_api  # an HfApi; tests inject a recording fake
         collator = E5OmniDataCollator(
             _ConcatExamples(train_examples, eval_examples),
             st[0].preprocess,
@@ -265,6 +267,73 @@ class E5OmniTrainer(SentenceTransformerTrainer):
             self.model[0].auto_model = model
         model.eval()
         return save_hub_folder(model, self.model[0].processor, output_dir, overwrite=overwrite)
+
+    # ------------------------------------------------------------------------------------------------ the Hub
+    def model_card_context(self, **extra) -> dict[str, Any]:
+        """What the trainer knows for the model card: the recipe, the loss configuration, the run's size."""
+        args = self.args
+        training = {
+            "epochs": args.num_train_epochs,
+            "learning_rate": args.learning_rate,
+            "temperature_lr": args.temperature_lr if args.temperature_lr is not None else args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "hard_negatives_per_query": self.num_negatives,
+            "train_examples": len(self.train_examples),
+            "global_step": self.state.global_step,
+            "lora": has_lora(self.e5omni_model),
+            "gradcache_mini_batch_size": args.gradcache_mini_batch_size,
+        }
+        loss = self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
+        return {"training": training, "loss": loss, **extra}
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
+        """Publish through `train.publish.push_folder`: one atomic commit of a merged, self-contained release folder
+        (weights with temperatures and whitening statistics, code, processor, sentence-transformers files, card)."""
+        import tempfile
+
+        from train.publish import push_folder
+
+        if not self.args.hub_model_id:
+            raise ValueError("set hub_model_id (the target repo id) in the training arguments to push")
+        if not self.is_world_process_zero():
+            return None
+        context = self.model_card_context(**kwargs.pop("model_card_context", {}))
+        with tempfile.TemporaryDirectory(prefix="e5omni-push-") as tmp:
+            folder = self._release_copy(Path(tmp) / "release")
+            return push_folder(
+                folder,
+                self.args.hub_model_id,
+                revision=self.args.hub_revision,
+                private=bool(self.args.hub_private_repo),
+                token=self.args.hub_token,
+                commit_message=commit_message or "End of training",
+                api=self.hub_api,
+                model_card_context=context,
+                verbose=False,
+            )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Pushes during training (push_to_hub=True with a save strategy) go through the same function."""
+        self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
+
+    def _release_copy(self, out: Path) -> Path:
+        """A release folder of the current state without disturbing training: LoRA is merged on a copy."""
+        import copy
+
+        from train.hub import save_hub_folder
+        from train.lora import merge_lora
+
+        model = self.e5omni_model
+        model.refresh_whitening()
+        if has_lora(model):
+            model = merge_lora(copy.deepcopy(model))
+        was_training = model.training
+        model.eval()
+        try:
+            return save_hub_folder(model, self.model[0].processor, out)
+        finally:
+            model.train(was_training)
 
 
 class _ConcatExamples(Sequence):
