@@ -285,3 +285,16 @@ def test_push_to_hub_goes_through_the_atomic_push(tmp_path):
 
 def has_lora_layers(model) -> bool:
     return bool(lora_targets(model))
+
+
+def test_gradient_checkpointing_reaches_the_backbone_and_keeps_the_loss(tmp_path):
+    examples = build_synthetic("train", n=16, seed=0)
+    losses = []
+    for checkpointing in (False, True):
+        model = _tiny()
+        trainer = E5OmniTrainer(model, _args(tmp_path, max_steps=2, gradient_checkpointing=checkpointing), examples)
+        trainer.train()
+        losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+        layers = [m for m in model.modules() if type(m).__name__ == "Qwen2_5OmniDecoderLayer"]
+        assert all(getattr(m, "gradient_checkpointing", False) == checkpointing for m in layers)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
