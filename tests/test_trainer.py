@@ -298,3 +298,21 @@ def test_gradient_checkpointing_reaches_the_backbone_and_keeps_the_loss(tmp_path
         layers = [m for m in model.modules() if type(m).__name__ == "Qwen2_5OmniDecoderLayer"]
         assert all(getattr(m, "gradient_checkpointing", False) == checkpointing for m in layers)
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_lora_checkpoint_resumes_in_process(tmp_path):
+    examples = build_synthetic("train", n=32, seed=0)
+    overrides = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=8)
+
+    def run(resume=None):
+        model = apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0))
+        trainer = E5OmniTrainer(model, _args(tmp_path, **overrides), examples)
+        trainer.train(resume_from_checkpoint=resume)
+        return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, trainer
+
+    full, _ = run()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / "lora_config.json").exists()
+    resumed, trainer = run(str(checkpoint))
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(full[step], abs=1e-5)
