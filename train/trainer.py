@@ -16,6 +16,7 @@ What it adds to `SentenceTransformerTrainer`:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -94,22 +95,13 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError("invalid E5OmniTrainingArguments:\n  - " + "\n  - ".join(problems))
 
     def loss_kwargs(self) -> dict[str, Any]:
-        return {
-            "use_temperature": self.use_temperature,
-            "temperature": self.temperature_init,
-            "use_curriculum": self.use_curriculum,
-            "rho_init": self.rho_init,
-            "rho_final": self.rho_final,
-            "curriculum_warmup_steps": self.curriculum_warmup_steps,
-            "use_dcl": self.use_dcl,
-            "gamma_plus": self.gamma_plus,
-            "dcl_eps": self.dcl_eps,
-            "use_whitening_coral": self.use_whitening_coral,
-            "lambda_coral": self.lambda_coral,
-            "whitening_eps": self.whitening_eps,
-            "logits_on_whitened": self.logits_on_whitened,
-            "symmetric": self.symmetric,
+        """The recipe fields E5OmniLoss takes, by name (tau_0 is `temperature` there)."""
+        accepted = inspect.signature(E5OmniLoss.__init__).parameters
+        kwargs = {
+            name: getattr(self, name) for name in accepted if name not in ("self", "model") and hasattr(self, name)
         }
+        kwargs["temperature"] = self.temperature_init
+        return kwargs
 
 
 def build_loss(model: SentenceTransformer, args: E5OmniTrainingArguments):
