@@ -292,7 +292,7 @@ def test_gradient_checkpointing_reaches_the_backbone_and_keeps_the_loss(tmp_path
     losses = []
     for checkpointing in (False, True):
         model = _tiny()
-        trainer = E5OmniTrainer(model, _args(tmp_path, max_steps=2, gradient_checkpointing=checkpointing), examples)
+        trainer = E5OmniTrainer(model, _args(tmp_path, max_steps=2, activation_checkpointing=checkpointing), examples)
         trainer.train()
         losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
         layers = [m for m in model.modules() if type(m).__name__ == "Qwen2_5OmniDecoderLayer"]
