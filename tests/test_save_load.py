@@ -119,3 +119,20 @@ def test_in_process_auto_classes_without_remote_code(tmp_path):
     assert type(loaded) is modeling_e5omni.E5OmniModel
     model.set_processor(processor)
     assert torch.equal(loaded.encode_document(["hello"]), model.encode_document(["hello"]))
+
+
+def test_init_tiny_cli_writes_a_complete_folder(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from train.cli import main
+
+    out = tmp_path / "tiny-vl"
+    assert main(["init-tiny", str(out), "--backbone", "qwen2.5-vl", "--seed", "3"]) == 0
+    auto = AutoModel.from_pretrained(out, trust_remote_code=True)
+    st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    assert auto.config.backbone_config.model_type == "qwen2_5_vl"
+    items = ["hello", {"text": "a picture", "image": Image.new("RGB", (56, 56), "red")}]
+    assert (st.encode_document(items, convert_to_tensor=True) - auto.encode_document(items)).abs().max() < 1e-5
+    with pytest.raises(FileExistsError, match="not empty"):
+        main(["init-tiny", str(out)])
