@@ -36,8 +36,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark (timings first, then the ~25-minute ablation); writes benchmarks/RESULTS.md.
 bench: $(STAMP)
-	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	$(BIN)/python benchmarks/run_all.py
 
 golden: $(STAMP)
 	$(BIN)/python tests/make_golden.py
