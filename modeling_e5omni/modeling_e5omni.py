@@ -313,13 +313,19 @@ def truncate_embeddings(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     return nn.functional.normalize(embeddings[..., :dim], dim=-1)
 
 
+# Rough token cost per medium, distinct per kind so that sorting groups items of one kind into the same batches
+# (each tower then runs in few batches and text pads to similar lengths).
+_MEDIA_COST = {"image": 1000, "audio": 2000, "video": 3000}
+
+
 def _estimated_length(item) -> int:
-    """A cheap length proxy for sorting (characters of text + a fixed cost per medium)."""
+    """A cheap length proxy for sorting (characters of text + a fixed, kind-specific cost per medium)."""
     if isinstance(item, str):
         return len(item)
     if not isinstance(item, dict):
-        return 1000
-    return len(item.get("text") or "") + sum(1000 for k in ("image", "audio", "video") if item.get(k) is not None)
+        return _MEDIA_COST["image"]
+    text = len(item.get("text") or "")
+    return text + sum(cost for kind, cost in _MEDIA_COST.items() if item.get(kind) is not None)
 
 
 def register() -> None:

@@ -451,6 +451,9 @@ class E5OmniProcessor:
         return text if text else None
 
     def _truncate_text(self, text: str, index: int) -> str:
+        # Byte-level BPE (every Qwen tokenizer) never makes more tokens than UTF-8 bytes: short texts need no count.
+        if len(text.encode("utf-8")) <= self.config.max_length:
+            return text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.config.max_length:
             return text
