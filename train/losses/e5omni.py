@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model_card.render import CITATION as E5_OMNI_CITATION
+
 from .distributed import gather_rows, row_counts
 from .functional import (
     MODALITIES,
@@ -48,15 +50,10 @@ __all__ = ["E5OmniLoss"]
 MODALITY_MASK_KEY = "modality_mask"
 CONTENT_HASH_KEY = "content_hash"
 
-_CITATION = """
-@inproceedings{chen2026e5omni,
-    title={e5-omni: Explicit Cross-modal Alignment for Omni-modal Embeddings},
-    author={Chen and Gao and Timofte and Sakai and Dou},
-    booktitle={Findings of the Association for Computational Linguistics: ACL 2026},
-    year={2026},
-    eprint={2601.03666},
-    archivePrefix={arXiv}
-}
+_CITATION = (
+    "\n"
+    + E5_OMNI_CITATION
+    + """
 @inproceedings{chuang2020debiased,
     title={Debiased Contrastive Learning},
     author={Chuang, Ching-Yao and Robinson, Joshua and Lin, Yen-Chen and Torralba, Antonio and Jegelka, Stefanie},
@@ -64,6 +61,7 @@ _CITATION = """
     year={2020}
 }
 """
+)
 
 
 def _same_content(a_hash: Tensor, a_known: Tensor, b_hash: Tensor, b_known: Tensor) -> Tensor:
