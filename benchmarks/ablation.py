@@ -20,7 +20,7 @@ test set (synthetic seed 1: scenes never seen in training, as in `make demo`) fo
 model initialisation (`build_tiny_model(seed=...)`) and the trainer seed (batch order): a variant and the full
 recipe with the same seed start from the same weights and see the same batches, so the per-seed difference is a
 paired comparison. Each run is a fresh subprocess with one intra-op thread, deterministic on CPU; `--jobs` of them
-run at a time (default: one per usable core; the results do not depend on it).
+run at a time (default: one per usable core, at most 4; the results do not depend on it).
 
 Reported: R@1 (= Hit@1: one relevant document per query) per query->document modality pair and overall (macro mean
 over the 9 pairs), mean +- sample std over seeds, in percent; overall MRR; the paired difference to the full recipe;
@@ -90,8 +90,10 @@ _NOT_TRAINING_ARGS = {"model_name_or_path", "use_peft", "train_data", "synthetic
 _OWN_ARGS = {"output_dir", "seed", "num_train_epochs", "logging_steps", "save_strategy", "report_to", "use_cpu"}
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def _usable_cores(cap: int = 4) -> int:
+    """Default number of parallel runs: one per usable core, at most `cap` (each run holds ~1.2 GB)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, cap))
 
 
 def recipe(epochs: float | None, train_size: int | None) -> dict:
@@ -425,9 +427,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-size", type=int, default=None, help="default: configs/demo.yaml's (1536)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument(
-        "--jobs", type=int, default=_usable_cores(), help="runs at a time, one thread each (default: usable cores)"
+        "--jobs",
+        type=int,
+        default=_usable_cores(),
+        help="runs at a time, one thread each (default: usable cores, at most 4)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke check: 1 seed, 256 examples, 1 epoch")
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the recipe for every variant, e.g. lambda_coral=5 (results then go to the temp folder)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_JSON, help="full results (JSON)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -446,6 +458,13 @@ def main(argv: list[str] | None = None) -> dict:
         if args.output == RESULTS_JSON:  # never overwrite the full results with a smoke run
             args.output = Path(tempfile.gettempdir()) / "ablation_results_quick.json"
     settings = recipe(args.epochs, args.train_size)
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep or key not in settings["training"]:
+            parser.error(f"--override {item!r}: expected KEY=VALUE with KEY in {sorted(settings['training'])}")
+        settings["training"][key] = json.loads(value)
+    if args.override and args.output == RESULTS_JSON:  # never overwrite the recipe's results with a modified recipe
+        args.output = Path(tempfile.gettempdir()) / "ablation_results_override.json"
     batch = settings["training"]["per_device_train_batch_size"]
     steps = math.ceil(settings["train_size"] / batch) * settings["epochs"]
     settings["logging_steps"] = max(1, round(steps / 48))
