@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.linalg_reference import newton_schulz_inverse_sqrt
 from train.losses import (
     MODALITIES,
     E5OmniLoss,
@@ -31,15 +32,6 @@ TXT, IMG, AUD, VID = (
     (False, False, True, False),
     (False,) * 3 + (True,),
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: with 2 OpenMP threads on a busy 2-core machine every op pays a ~8 ms hand-off (50x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def mask(*rows) -> torch.Tensor:
@@ -212,17 +204,6 @@ def test_dcl_rejects_bad_options(gamma, eps):
 
 
 # ------------------------------------------------------------------------------------------------ reference
-def newton_schulz_inverse_sqrt(matrix: torch.Tensor, iterations: int = 80) -> torch.Tensor:
-    """A^(-1/2) for SPD A by the coupled Newton-Schulz iteration: plain matmuls, independent of eigh/Cholesky."""
-    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype)
-    norm = matrix.norm()
-    y, z = matrix / norm, eye
-    for _ in range(iterations):
-        t = (3 * eye - z @ y) / 2
-        y, z = y @ t, t @ z
-    return z / norm.sqrt()
-
-
 def reference_loss(
     q,
     docs,

@@ -14,15 +14,6 @@ VOCAB, DIM, PATCH, MEL, FRAMES = 40, 12, 6, 5, 9
 TEXT, IMAGE, AUDIO, VIDEO = 0, 1, 2, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: with 2 OpenMP threads on a busy 2-core machine every op pays a ~8 ms hand-off."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class FakeOmniModel(nn.Module):
     """Embeds features laid out like the Qwen2.5-Omni processor's: batch-first ``input_ids``/``attention_mask``;
     images and videos as flattened patch rows (one block of prod(grid) rows per item that has one); audio rows

@@ -9,27 +9,8 @@ import time
 import pytest
 import torch
 
+from tests.linalg_reference import newton_schulz_inverse_sqrt
 from train.losses import BatchWhitening, batch_whiten, coral_loss, whitened_coral_loss, whitening_residual
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: with 2 OpenMP threads on a busy 2-core machine every op pays a ~8 ms hand-off."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def newton_schulz_inverse_sqrt(matrix: torch.Tensor, iterations: int = 80) -> torch.Tensor:
-    """A^(-1/2) for SPD A with plain matmuls (coupled Newton-Schulz), independent of eigh and Cholesky."""
-    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype)
-    norm = matrix.norm()
-    y, z = matrix / norm, eye
-    for _ in range(iterations):
-        t = (3 * eye - z @ y) / 2
-        y, z = y @ t, t @ z
-    return z / norm.sqrt()
 
 
 def reference_whitening(x: torch.Tensor, eps: float):

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from train.hub import E5_OMNI_7B_TEMPERATURES
 from train.tiny import BACKBONES
 
 
@@ -32,8 +33,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-    item = {k: v for k, v in {"text": args.text, "image": args.image, "audio": args.audio, "video": args.video}.items()}
-    item = {k: v for k, v in item.items() if v is not None}
+    given = {"text": args.text, "image": args.image, "audio": args.audio, "video": args.video}
+    item = {k: v for k, v in given.items() if v is not None}
     if not item:
         print("encode: give at least one of --text/--image/--audio/--video", file=sys.stderr)
         return 2
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="a fresh output folder")
     p.add_argument(
         "--temperatures",
-        help="seed the calibration, e.g. text=0.0130,image=0.0127,audio=0.0219,video=0.0223 (published for the 7B)",
+        help="seed the calibration, e.g. "
+        + ",".join(f"{m}={t}" for m, t in E5_OMNI_7B_TEMPERATURES.items())
+        + " (the values published for e5-omni-7B)",
     )
     p.set_defaults(func=_cmd_convert)
 

@@ -47,23 +47,19 @@ def _paths_agree(folder: Path, reference, probes) -> float:
 
 def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None = None, overrides=()) -> dict:
     import torch
-    from trl import TrlParser
 
     from train.data import to_corpus
     from train.evaluate import evaluate_retrieval
-    from train.run import DataArguments, load_examples, load_model
+    from train.run import load_examples, load_model, parse_recipe
     from train.synthetic import build_synthetic
-    from train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+    from train.trainer import E5OmniTrainer
 
     start = time.perf_counter()
     config = Path(config) if config else DEMO_CONFIG
     if not config.is_file():
         raise FileNotFoundError(f"demo recipe not found: {config} (run from a checkout, or pass --config)")
     output_dir = Path(output_dir)
-    from trl import ModelConfig
-
-    parser = TrlParser((ModelConfig, DataArguments, E5OmniTrainingArguments))
-    model_args, data_args, args = parser.parse_args_and_config(
+    model_args, data_args, args = parse_recipe(
         ["--config", str(config), "--output_dir", str(output_dir / "checkpoints"), "--disable_tqdm", "true", *overrides]
     )
     torch.manual_seed(args.seed)

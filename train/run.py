@@ -103,14 +103,22 @@ def load_model(model_args, dtype=None):
     return model
 
 
+def parse_recipe(argv: list[str] | None = None):
+    """(trl ModelConfig, DataArguments, E5OmniTrainingArguments) from `--config YAML` + command-line overrides."""
+    from trl import ModelConfig, TrlParser
+
+    from train.trainer import E5OmniTrainingArguments
+
+    return TrlParser((ModelConfig, DataArguments, E5OmniTrainingArguments)).parse_args_and_config(argv)
+
+
 def train_main(argv: list[str] | None = None) -> dict:
-    from trl import ModelConfig, TrlParser, get_peft_config
+    from trl import get_peft_config
 
     from train.lora import apply_lora, lora_config
-    from train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+    from train.trainer import E5OmniTrainer
 
-    parser = TrlParser((ModelConfig, DataArguments, E5OmniTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    model_args, data_args, training_args = parse_recipe(argv)
     train_examples = load_examples(data_args.train_data, data_args, "train")
     if data_args.max_train_examples:
         train_examples = train_examples[: data_args.max_train_examples]
