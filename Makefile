@@ -14,7 +14,7 @@ export OMP_NUM_THREADS ?= 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -c "import modeling_e5omni, train, torch, torchvision, transformers, sentence_transformers, peft"
+	$(BIN)/python -c "import modeling_e5omni, e5omni.cli, e5omni.train.trainer, e5omni.model_card, torch, torchvision, transformers, sentence_transformers, peft"
 	touch $(STAMP)
 
 venv: $(STAMP)

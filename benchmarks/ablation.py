@@ -2,7 +2,7 @@
 
     python benchmarks/ablation.py [--seeds 0 1 2] [--epochs 12] [--jobs N] [--variants ...] [--quick]
 
-Trains the tiny Qwen2.5-Omni model (`train.tiny`) with the CPU recipe of `configs/demo.yaml` (1536 synthetic
+Trains the tiny Qwen2.5-Omni model (`e5omni.tiny`) with the CPU recipe of `configs/demo.yaml` (1536 synthetic
 examples x 12 epochs = 576 steps of batch 32, lr 1e-3, temperature_lr 0.05, warm-up 5, t0 = 40, rho 0.1 -> 0.5,
 gamma_plus 0.1, lambda_coral 0.05) in the rows of the paper's ablation, plus a control:
 
@@ -24,7 +24,7 @@ run at a time (default: one per usable core, at most 4; the results do not depen
 
 Reported: R@1 (= Hit@1: one relevant document per query) per query->document modality pair and overall (macro mean
 over the 9 pairs), mean +- sample std over seeds, in percent; overall MRR; the paired difference to the full recipe;
-the diagnostics of `train.evaluate.alignment_diagnostics` (learned temperatures; query/target centroid distance and
+the diagnostics of `e5omni.evaluation.alignment_diagnostics` (learned temperatures; query/target centroid distance and
 covariance gap, mean over pairs of the per-pair values); what each component can change on one training batch
 (`mechanism_diagnostics`); the test set's own sampling error. Every run's metrics, diagnostics and training log
 (loss, dcl, coral, tau, rho, negatives kept) go to benchmarks/ablation_results.json. The last output line is one
@@ -131,8 +131,8 @@ def mechanism_diagnostics(model, probe: list[dict], rho: float, gamma_plus: floa
     """
     import torch
 
-    from train.data import content_hash, item_modalities
-    from train.losses import E5OmniLoss
+    from e5omni.data import content_hash, item_modalities
+    from e5omni.train.losses import E5OmniLoss
 
     queries = [e["query"] for e in probe]
     columns = [[e["positive"] for e in probe]] + [[e["negatives"][k] for e in probe] for k in range(2)]
@@ -188,11 +188,11 @@ def run_one(variant: str, seed: int, settings: dict, with_untrained: bool) -> di
     import torch
 
     torch.set_num_threads(1)
-    from train.data import to_corpus
-    from train.evaluate import alignment_diagnostics, encode_corpus, evaluate_retrieval
-    from train.synthetic import build_synthetic
-    from train.tiny import build_tiny_model
-    from train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+    from e5omni.data import to_corpus
+    from e5omni.data.synthetic import build_synthetic
+    from e5omni.evaluation import alignment_diagnostics, encode_corpus, evaluate_retrieval
+    from e5omni.tiny import build_tiny_model
+    from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
 
     start = time.perf_counter()
     train = build_synthetic("train", n=settings["train_size"], seed=0, difficulty=settings["difficulty"])

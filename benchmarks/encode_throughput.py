@@ -2,9 +2,9 @@
 
     python benchmarks/encode_throughput.py [--items 256] [--batch-size 32] [--repeats 5] [--threads 1]
 
-One tiny random Qwen2.5-Omni thinker (`train.tiny`, seed 0) is saved as a *backbone folder* in the released
+One tiny random Qwen2.5-Omni thinker (`e5omni.tiny`, seed 0) is saved as a *backbone folder* in the released
 checkpoint format (`Qwen2_5OmniThinkerForConditionalGeneration` + its processor and chat template) and converted to
-our format with `train.hub.convert_checkpoint`, so every path below runs the same backbone weights on the same
+our format with `e5omni.convert.convert_checkpoint`, so every path below runs the same backbone weights on the same
 `--items` mixed-modality items from the bundled synthetic set (text, image, audio, video, and mixed text+image /
 audio+video items, in equal shares, in that round-robin order):
 
@@ -58,8 +58,8 @@ def mixed_items(n: int) -> list[dict]:
     """`n` distinct items from the synthetic test split, round-robin over text, image, audio, video, mixed."""
     from PIL import Image
 
-    from train.data import content_hash
-    from train.synthetic import build_synthetic
+    from e5omni.data import content_hash
+    from e5omni.data.synthetic import build_synthetic
 
     pools: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     seen: set[int] = set()
@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
+    from e5omni.convert import convert_checkpoint
+    from e5omni.tiny import build_tiny_model
     from modeling_e5omni import E5OmniModel
-    from train.hub import convert_checkpoint
-    from train.tiny import build_tiny_model
 
     items = mixed_items(args.items)
     n, bs = len(items), args.batch_size
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.set_processor(processor)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), fp32, CPU; tiny qwen2.5-omni "
-        f"(train.tiny, seed 0, hidden {model.config.hidden_size}); {n} items ({', '.join(KINDS)} round-robin); "
+        f"(e5omni.tiny, seed 0, hidden {model.config.hidden_size}); {n} items ({', '.join(KINDS)} round-robin); "
         f"batch {bs}; median of {args.repeats} interleaved passes after a warm-up"
     )
     results = {}

@@ -2,7 +2,7 @@
 
     python benchmarks/gradcache_memory.py [--small 8] [--large 64] [--mini-batch 8] [--tokens 256] [--threads 1]
 
-The backbone is the tiny Qwen2.5-Omni thinker of `train.tiny` with its language model enlarged so that activations
+The backbone is the tiny Qwen2.5-Omni thinker of `e5omni.tiny` with its language model enlarged so that activations
 dominate: text hidden 512, 4 layers, 8 heads (4 KV heads), MLP 1024 (~12M parameters, 50 MB in fp32). Items are text
 of ``--tokens`` tokens (~256 by default, plus the chat template); each example is a query and a positive (two columns),
 so batch B runs 2B sequences through the model.
@@ -65,8 +65,8 @@ def build(seed: int = 0):
     """(model, processor): the tiny omni thinker with the enlarged language model above."""
     import torch
 
+    from e5omni.tiny import build_backbone_config, build_processor, build_tokenizer
     from modeling_e5omni import E5OmniConfig, E5OmniModel, E5OmniProcessor
-    from train.tiny import build_backbone_config, build_processor, build_tokenizer
 
     tokenizer = build_tokenizer("qwen2.5-omni")
     backbone = build_backbone_config("qwen2.5-omni", tokenizer).to_dict()
@@ -94,7 +94,7 @@ def make_texts(tokenizer, n: int, tokens: int, seed: int) -> list[str]:
     """`n` distinct texts of exactly `tokens` tokens each (random words of the tiny tokenizer's corpus)."""
     import numpy as np
 
-    from train.tiny import _CORPUS
+    from e5omni.tiny import _CORPUS
 
     words = sorted({w for line in _CORPUS for w in line.split()})
     rng = np.random.default_rng(seed)
@@ -128,8 +128,8 @@ def measure(batch: int, cached: bool, mini_batch: int, tokens: int) -> dict:
     """One training step in this (fresh) process; returns the peak-RSS growth over the idle baseline."""
     import torch
 
+    from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss
     from modeling_e5omni.sentence_e5omni import sentence_transformer
-    from train.losses import CachedE5OmniLoss, E5OmniLoss
 
     model, processor = build()
     st = sentence_transformer(model, processor)

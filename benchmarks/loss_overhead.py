@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.losses import E5OmniLoss, batch_whiten, whitened_coral_loss  # noqa: E402
+from e5omni.train.losses import E5OmniLoss, batch_whiten, whitened_coral_loss  # noqa: E402
 
 
 class TemperatureHolder(nn.Module):

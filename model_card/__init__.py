@@ -1,9 +1,9 @@
 """The Hub README (model card) and the `calibration.json` summary of an e5-omni model.
 
-    from model_card import context_from_folder, render_model_card
+    from e5omni.model_card import context_from_folder, render_model_card
     readme = render_model_card(context_from_folder("out/model", repo_id="me/e5-omni-ft", metrics=metrics))
 
-`train.publish.push_folder` renders both into the single commit it makes.
+`e5omni.publish.push_folder` renders both into the single commit it makes.
 """
 
 from .calibration import CALIBRATION_FORMAT, CalibrationError, calibration_summary, read_alignment_tensors

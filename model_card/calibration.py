@@ -16,8 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-#: Order of `alignment.log_temperature` (the `MODALITIES` of `modeling_e5omni`; repeated to keep this package light).
-MODALITIES = ("text", "image", "audio", "video")
+from modeling_e5omni.configuration_e5omni import MODALITIES  # the one definition (order of log_temperature)
 
 CALIBRATION_FORMAT = "e5omni-calibration/1"
 

@@ -39,20 +39,13 @@ from typing import Any
 
 import yaml
 
+from e5omni.train.losses.citation import CITATION
+
 from .calibration import MODALITIES, calibration_summary
 
 TEMPLATE_NAME = "template.md.jinja"
 
 PAPER_URL = "https://arxiv.org/abs/2601.03666"
-
-CITATION = """@inproceedings{chen2026e5omni,
-    title={e5-omni: Explicit Cross-modal Alignment for Omni-modal Embeddings},
-    author={Chen and Gao and Timofte and Sakai and Dou},
-    booktitle={Findings of the Association for Computational Linguistics: ACL 2026},
-    year={2026},
-    eprint={2601.03666},
-    archivePrefix={arXiv}
-}"""
 
 BACKBONE_NAMES = {
     "qwen2_5_omni_thinker": "Qwen2.5-Omni thinker",
@@ -180,7 +173,7 @@ def _group_order(group: str) -> tuple[bool, str]:
 
 
 def is_count(metric: str) -> bool:
-    """`num_queries`, `num_candidates`, `num_pairs` (train.evaluate): sizes, not scores; kept out of the tables."""
+    """`num_queries`, `num_candidates`, `num_pairs` (e5omni.evaluation): sizes, not scores; kept out of the tables."""
     return metric.startswith("num_")
 
 

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from train.tiny import BACKBONES, build_tiny_model  # noqa: E402
+from e5omni.tiny import BACKBONES, build_tiny_model  # noqa: E402
 
 
 def make_image(seed: int = 0, size: tuple[int, int] = (56, 56)) -> Image.Image:

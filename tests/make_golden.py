@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors.torch import save_file  # noqa: E402
 
+from e5omni.tiny import build_tiny_model  # noqa: E402
 from tests.golden import BACKBONE, GOLDEN, SEED, compute  # noqa: E402
-from train.tiny import build_tiny_model  # noqa: E402
 
 if __name__ == "__main__":
     import torch

@@ -11,10 +11,10 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, Qwen2_5OmniThinkerForConditionalGeneration
 
+from e5omni.convert import convert_checkpoint, parse_temperatures
+from e5omni.tiny import build_backbone_config, build_processor, build_tokenizer
 from tests.conftest import make_image, make_video
 from tests.reference import reference_embed
-from train.hub import convert_checkpoint, parse_temperatures
-from train.tiny import build_backbone_config, build_processor, build_tokenizer
 
 
 def write_released(folder, layout: str = "5.x") -> None:

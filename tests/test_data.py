@@ -19,7 +19,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from train.data import (
+from e5omni.data import (
     BadRowError,
     DataError,
     HFExamples,
@@ -206,7 +206,7 @@ def test_content_hash_refuses_invalid_items():
 def test_content_hash_is_stable_across_processes():
     """Python's hash() is salted per process; ours must not be, or DDP ranks would disagree on duplicates."""
     code = (
-        "import numpy as np; from PIL import Image; from train.data import content_hash;"
+        "import numpy as np; from PIL import Image; from e5omni.data import content_hash;"
         "items=['a cat', Image.new('RGB', (4, 4), (1, 2, 3)), {'audio': np.linspace(0, 1, 50, dtype=np.float32)},"
         "{'video': np.ones((2, 4, 4, 3), np.uint8), 'text': 'x', 'instruction': 'i'}];"
         "print([content_hash(i) for i in items])"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from train.cli import main
+from e5omni.cli import main
 
 
 def test_demo_writes_metrics_and_a_reloadable_folder(tmp_path, capsys):

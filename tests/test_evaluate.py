@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny
-from train.data import RetrievalCorpus, content_hash, to_corpus
-from train.evaluate import (
+from e5omni.data import RetrievalCorpus, content_hash, to_corpus
+from e5omni.data.synthetic import SyntheticOmniConfig, build_synthetic
+from e5omni.evaluation import (
     CorpusEmbeddings,
     EmbeddingCacheError,
     EvaluationError,
@@ -41,8 +41,8 @@ from train.evaluate import (
     write_markdown,
     write_plots,
 )
-from train.synthetic import SyntheticOmniConfig, build_synthetic
-from train.tiny import build_tiny, build_tiny_model
+from e5omni.tiny import build_tiny, build_tiny_model
+from tests.conftest import tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = SyntheticOmniConfig(image_size=32, num_frames=2, audio_seconds=0.5, num_negatives=2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
+from e5omni.tiny import build_tiny_model
 from tests.golden import BACKBONE, GOLDEN, SEED, compute
-from train.tiny import build_tiny_model
 
 
 def test_tiny_model_is_deterministic_for_a_seed():

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.linalg_reference import newton_schulz_inverse_sqrt
-from train.losses import (
+from e5omni.train.losses import (
     MODALITIES,
     E5OmniLoss,
     build_param_groups,
@@ -24,6 +23,7 @@ from train.losses import (
     instance_temperature,
     pair_temperature,
 )
+from tests.linalg_reference import newton_schulz_inverse_sqrt
 
 # One-modality rows of a modality mask (text, image, audio, video).
 TXT, IMG, AUD, VID = (

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.losses import CachedE5OmniLoss, E5OmniLoss
+from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss
 
 VOCAB, DIM, PATCH, MEL, FRAMES = 40, 12, 6, 5, 9
 TEXT, IMAGE, AUDIO, VIDEO = 0, 1, 2, 3

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.losses import CachedE5OmniLoss, E5OmniLoss, gather_rows
+from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss, gather_rows
 
 WORLD, LOCAL, FEATURES = 2, 3, 10
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from e5omni.tiny import build_tiny_model
+from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss
 from modeling_e5omni.sentence_e5omni import sentence_transformer
 from tests.conftest import make_audio, make_image, make_video
-from train.losses import CachedE5OmniLoss, E5OmniLoss
-from train.tiny import build_tiny_model
 
 
 def _columns(st):

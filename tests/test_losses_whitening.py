@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
+from e5omni.train.losses import BatchWhitening, batch_whiten, coral_loss, whitened_coral_loss, whitening_residual
 from tests.linalg_reference import newton_schulz_inverse_sqrt
-from train.losses import BatchWhitening, batch_whiten, coral_loss, whitened_coral_loss, whitening_residual
 
 
 def reference_whitening(x: torch.Tensor, eps: float):
@@ -282,7 +282,7 @@ def test_gram_space_never_forms_the_d_by_d_covariance():
 
 def test_collapsed_batch_stays_finite_in_fp32():
     """A diverged run's batch: unit rows that differ only at the fp32 rounding level (seen at lr 5e-3 in training)."""
-    from train.losses.functional import whitened_coral_loss
+    from e5omni.train.losses.functional import whitened_coral_loss
 
     torch.manual_seed(0)
     base = torch.nn.functional.normalize(torch.randn(1, 64), dim=-1)

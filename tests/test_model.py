@@ -136,7 +136,7 @@ def test_odd_and_long_videos(omni_model, frames):
 
 
 def test_running_whitening_stats_update_only_in_training_with_grad():
-    from train.tiny import build_tiny_model
+    from e5omni.tiny import build_tiny_model
 
     model, processor = build_tiny_model("qwen2.5-omni", seed=4)
     model.set_processor(processor)

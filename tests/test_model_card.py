@@ -10,15 +10,15 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-from model_card import (
+from e5omni.model_card import (
     ModelCardContextError,
     calibration_summary,
     context_from_folder,
     normalize_metrics,
     render_model_card,
 )
-from train.hub import save_hub_folder
-from train.tiny import build_tiny_model
+from e5omni.release import save_hub_folder
+from e5omni.tiny import build_tiny_model
 
 TAUS = [0.0130, 0.0127, 0.0219, 0.0223]
 METRICS = {
@@ -200,7 +200,7 @@ def test_metrics_shapes_and_cell_escaping(omni_folder):
 
 
 def test_evaluate_shaped_metrics(omni_folder):
-    """train.evaluate.evaluate_retrieval's shape: counts (num_*) are sizes, not scores; two aggregate groups."""
+    """e5omni.evaluation.evaluate_retrieval's shape: counts (num_*) are sizes, not scores; two aggregate groups."""
     result = {
         "text->image": {"hit@1": 0.5, "recall@5": 0.75, "mrr": 0.6, "num_queries": 29, "num_candidates": 80},
         "audio->text": {"hit@1": 0.25, "recall@5": 0.5, "mrr": 0.4, "num_queries": 12, "num_candidates": 40},

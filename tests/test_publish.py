@@ -20,8 +20,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 
-from train.hub import save_hub_folder
-from train.publish import (
+from e5omni.publish import (
     ConcurrentUpdateError,
     DisallowedFileError,
     HubError,
@@ -37,7 +36,8 @@ from train.publish import (
     push_folder,
     verify_push,
 )
-from train.tiny import build_tiny_model
+from e5omni.release import save_hub_folder
+from e5omni.tiny import build_tiny_model
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 PAPER_TAUS = {"text": 0.0130, "image": 0.0127, "audio": 0.0219, "video": 0.0223}
@@ -122,7 +122,7 @@ class FakeHfApi:
             repo["branches"][branch] = oid
         return oid
 
-    # the HfApi surface used by train.publish
+    # the HfApi surface used by e5omni.publish
     def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, **kwargs):
         self._record("create_repo", token, repo_id=repo_id, private=private, exist_ok=exist_ok)
         if repo_id in self.repos:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.tiny import build_tiny_model
+from e5omni.tiny import build_tiny_model
 
 # Runs in a fresh interpreter where our packages cannot be imported: only the code copied next to the weights is used.
 _CHILD = textwrap.dedent(
@@ -125,7 +125,7 @@ def test_init_tiny_cli_writes_a_complete_folder(tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from train.cli import main
+    from e5omni.cli import main
 
     out = tmp_path / "tiny-vl"
     assert main(["init-tiny", str(out), "--backbone", "qwen2.5-vl", "--seed", "3"]) == 0

@@ -10,9 +10,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
+from e5omni.release import save_hub_folder
+from e5omni.tiny import BACKBONES
 from tests.conftest import items_for, make_image, tiny
-from train.hub import save_hub_folder
-from train.tiny import BACKBONES
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_folder_is_self_contained_and_pickle_free(folders):
 
 
 def test_whitening_folder_skips_pooling(tmp_path):
-    from train.tiny import build_tiny_model
+    from e5omni.tiny import build_tiny_model
 
     model, processor = build_tiny_model("qwen2.5-omni", seed=5, whitening=True)
     model.set_processor(processor)

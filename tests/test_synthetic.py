@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data import content_hash, item_modalities, modality_signature, validate_example
-from train.synthetic import (
+from e5omni.data import content_hash, item_modalities, modality_signature, validate_example
+from e5omni.data.synthetic import (
     COLOURS,
     DIRECTIONS,
     PAIRS,
@@ -92,7 +92,7 @@ def test_build_is_fast_and_deterministic():
 
 def test_build_is_deterministic_across_processes():
     code = (
-        "from train.synthetic import build_synthetic; from train.data import content_hash;"
+        "from e5omni.data.synthetic import build_synthetic; from e5omni.data import content_hash;"
         "ex = build_synthetic('test', n=40, seed=7, difficulty=0.8);"
         "print([(content_hash(e['query']), content_hash(e['positive']), [content_hash(n) for n in e['negatives']]) for e in ex])"
     )

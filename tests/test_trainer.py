@@ -15,12 +15,12 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
+from e5omni.cli import main
+from e5omni.data.synthetic import build_synthetic
+from e5omni.tiny import build_tiny_model
+from e5omni.train.lora import apply_lora, lora_config, lora_targets
+from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
 from tests.conftest import make_image
-from train.cli import main
-from train.lora import apply_lora, lora_config, lora_targets
-from train.synthetic import build_synthetic
-from train.tiny import build_tiny_model
-from train.trainer import E5OmniTrainer, E5OmniTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 PROBES = ["a red circle on the left", {"image": make_image(7)}, {"text": "beeps", "image": make_image(8)}]
@@ -161,7 +161,7 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "train.cli",
+        "e5omni.cli",
         "train",
         "--config",
         str(REPO / "configs" / "demo.yaml"),

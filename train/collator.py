@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from train.data import content_hash, validate_example
+from e5omni.data import content_hash, validate_example
 
 
 class TrainingDataError(ValueError):

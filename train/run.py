@@ -24,7 +24,7 @@ class DataArguments:
 
     train_data: str = field(
         default="synthetic:train",
-        metadata={"help": "synthetic:train | a .jsonl or .csv file | hub:<dataset name>[:split]"},
+        metadata={"help": "synthetic:train | a .jsonl / .json / .csv file | hub:<dataset name>[:split]"},
     )
     eval_data: str | None = field(default=None, metadata={"help": "same forms as train_data; used for the eval loss"})
     media_root: str | None = field(default=None, metadata={"help": "folder that media paths in files are under"})
@@ -43,36 +43,26 @@ class DataArguments:
             raise ValueError(f"synthetic_difficulty must be in [0, 1], got {self.synthetic_difficulty}")
 
 
-def load_examples(spec: str, data: DataArguments, split: str = "train") -> list[dict]:
-    """Examples from a data spec (see `DataArguments.train_data`)."""
-    from train import data as data_module
+def load_examples(spec: str, data: DataArguments, split: str = "train"):
+    """Examples from a data spec (see `DataArguments.train_data`), through the one spec loader `e5omni.data.specs`."""
+    from e5omni.data.specs import load_data_spec
 
-    if spec.startswith("synthetic:"):
-        from train.synthetic import build_synthetic
-
-        which = spec.split(":", 1)[1] or split
-        n = data.synthetic_size if which == "train" else None
-        return build_synthetic(which, n=n, seed=data.synthetic_seed, difficulty=data.synthetic_difficulty)
-    if spec.startswith("hub:"):
-        name, _, hub_split = spec[4:].partition(":")
-        return list(data_module.load_hub_dataset(name, hub_split or split))
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {spec!r} (expected synthetic:train, hub:NAME or a file)")
-    root = data.media_root or path.parent
-    if path.suffix == ".jsonl":
-        return list(data_module.load_jsonl(path, media_root=root))
-    if path.suffix == ".csv":
-        return list(data_module.load_csv(path, media_root=root))
-    raise ValueError(f"unsupported data file {spec!r}: expected .jsonl or .csv")
+    return load_data_spec(
+        spec,
+        split=split,
+        media_root=data.media_root,
+        synthetic_size=data.synthetic_size,
+        synthetic_seed=data.synthetic_seed,
+        synthetic_difficulty=data.synthetic_difficulty,
+    )
 
 
 def load_model(model_args, dtype=None):
     """`tiny[:backbone][@seed]` builds the embedded default; otherwise a folder / Hub id of ours or a convertible one."""
     from trl import get_quantization_config
 
+    from e5omni.tiny import build_tiny_model
     from modeling_e5omni import E5OmniModel, E5OmniProcessor
-    from train.tiny import build_tiny_model
 
     name = model_args.model_name_or_path or TINY_PREFIX
     if name == TINY_PREFIX or name.startswith(TINY_PREFIX + ":"):
@@ -107,7 +97,7 @@ def parse_recipe(argv: list[str] | None = None):
     """(trl ModelConfig, DataArguments, E5OmniTrainingArguments) from `--config YAML` + command-line overrides."""
     from trl import ModelConfig, TrlParser
 
-    from train.trainer import E5OmniTrainingArguments
+    from e5omni.train.trainer import E5OmniTrainingArguments
 
     return TrlParser((ModelConfig, DataArguments, E5OmniTrainingArguments)).parse_args_and_config(argv)
 
@@ -115,8 +105,8 @@ def parse_recipe(argv: list[str] | None = None):
 def train_main(argv: list[str] | None = None) -> dict:
     from trl import get_peft_config
 
-    from train.lora import apply_lora, lora_config
-    from train.trainer import E5OmniTrainer
+    from e5omni.train.lora import apply_lora, lora_config
+    from e5omni.train.trainer import E5OmniTrainer
 
     model_args, data_args, training_args = parse_recipe(argv)
     train_examples = load_examples(data_args.train_data, data_args, "train")

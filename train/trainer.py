@@ -8,9 +8,9 @@ What it adds to `SentenceTransformerTrainer`:
   [temperature_min, temperature_max] after every optimizer step;
 - logs every loss component (`dcl`, `coral`), the per-modality temperatures, rho, the fraction of negatives kept and
   the whitening residual;
-- collates omni examples itself (`train.collator`): queries with the query prompt, documents without, per-column
+- collates omni examples itself (`e5omni.train.collator`): queries with the query prompt, documents without, per-column
   modality masks and content hashes;
-- optional LoRA on the language model only (`train.lora`), kept through checkpoints, merged for release;
+- optional LoRA on the language model only (`e5omni.train.lora`), kept through checkpoints, merged for release;
 - refreshes the whitening matrix from the running statistics before every save.
 """
 
@@ -28,11 +28,11 @@ import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers import TrainerCallback
 
+from e5omni.train.collator import E5OmniDataCollator, check_examples, examples_dataset
+from e5omni.train.lora import has_lora, save_lora_config
+from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
 from modeling_e5omni import E5OmniModel
 from modeling_e5omni.sentence_e5omni import sentence_transformer
-from train.collator import E5OmniDataCollator, check_examples, examples_dataset
-from train.lora import has_lora, save_lora_config
-from train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         model: an `E5OmniModel` (with its processor set) or a `SentenceTransformer` built by
             `modeling_e5omni.sentence_e5omni.sentence_transformer` / loaded from one of our folders.
         args: `E5OmniTrainingArguments`.
-        train_examples: a sequence of `{"query", "positive", "negatives"?}` examples (see `train.data`).
+        train_examples: a sequence of `{"query", "positive", "negatives"?}` examples (see `e5omni.data`).
         eval_examples: optional examples for the eval loss.
         loss: override the loss built from `args`.
     """
@@ -204,7 +204,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
     def get_batch_sampler(self, dataset, *args, **kwargs):
         if not self.args.group_by_pair:
             return super().get_batch_sampler(dataset, *args, **kwargs)
-        from train.sampler import PairGroupedBatchSampler
+        from e5omni.train.sampler import PairGroupedBatchSampler
 
         pairs = [self._example(int(i)).get("pair") or _pair_of(self._example(int(i))) for i in dataset["example"]]
         return PairGroupedBatchSampler(
@@ -247,18 +247,16 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         self.e5omni_model.load_state_dict(load_file(str(path)), strict=True)
 
     def save_release(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-        """A self-contained Hub-ready folder: LoRA merged, whitening refreshed, sentence-transformers files."""
-        from train.hub import save_hub_folder
-        from train.lora import merge_lora
+        """A self-contained Hub-ready folder at the end of training: LoRA merged into the trainer's model (in place,
+        so no second copy of the weights is held), whitening refreshed, sentence-transformers files."""
+        from e5omni.release import write_release
 
-        model = self.e5omni_model
-        model.refresh_whitening()
-        if has_lora(model):
-            model = merge_lora(model)
-            self.e5omni_model = model
-            self.model[0].auto_model = model
-        model.eval()
-        return save_hub_folder(model, self.model[0].processor, output_dir, overwrite=overwrite)
+        folder, model = write_release(
+            self.e5omni_model, self.model[0].processor, output_dir, overwrite=overwrite, in_place=True
+        )
+        self.e5omni_model = model
+        self.model[0].auto_model = model
+        return folder
 
     # ------------------------------------------------------------------------------------------------ the Hub
     def model_card_context(self, **extra) -> dict[str, Any]:
@@ -280,11 +278,12 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         return {"training": training, "loss": loss, **extra}
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
-        """Publish through `train.publish.push_folder`: one atomic commit of a merged, self-contained release folder
+        """Publish through `e5omni.publish.push_folder`: one atomic commit of a merged, self-contained release folder
         (weights with temperatures and whitening statistics, code, processor, sentence-transformers files, card)."""
         import tempfile
 
-        from train.publish import push_folder
+        from e5omni.publish import push_folder
+        from e5omni.release import write_release
 
         if not self.args.hub_model_id:
             raise ValueError("set hub_model_id (the target repo id) in the training arguments to push")
@@ -292,7 +291,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
             return None
         context = self.model_card_context(**kwargs.pop("model_card_context", {}))
         with tempfile.TemporaryDirectory(prefix="e5omni-push-") as tmp:
-            folder = self._release_copy(Path(tmp) / "release")
+            folder, _ = write_release(self.e5omni_model, self.model[0].processor, Path(tmp) / "release")
             return push_folder(
                 folder,
                 self.args.hub_model_id,
@@ -308,24 +307,6 @@ class E5OmniTrainer(SentenceTransformerTrainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Pushes during training (push_to_hub=True with a save strategy) go through the same function."""
         self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
-
-    def _release_copy(self, out: Path) -> Path:
-        """A release folder of the current state without disturbing training: LoRA is merged on a copy."""
-        import copy
-
-        from train.hub import save_hub_folder
-        from train.lora import merge_lora
-
-        model = self.e5omni_model
-        model.refresh_whitening()
-        if has_lora(model):
-            model = merge_lora(copy.deepcopy(model))
-        was_training = model.training
-        model.eval()
-        try:
-            return save_hub_folder(model, self.model[0].processor, out)
-        finally:
-            model.train(was_training)
 
 
 class _ConcatExamples(Sequence):
@@ -343,7 +324,7 @@ class _ConcatExamples(Sequence):
 
 
 def _pair_of(example: dict) -> str:
-    from train.data import pair_name
+    from e5omni.data import pair_name
 
     return pair_name(example)
 

@@ -1,10 +1,10 @@
 """The e5-omni alignment losses (../shared/PAPER.md, components 1-3): functional core, modules, GradCache variant.
 
-- :mod:`train.losses.functional`: pair temperatures, rho_t curriculum, hard-negative mask, DCL, batch whitening, CORAL.
-- :mod:`train.losses.e5omni`: :class:`E5OmniLoss`, the sentence-transformers loss module (dict of components).
-- :mod:`train.losses.cached`: :class:`CachedE5OmniLoss`, the same loss with GradCache mini-batching.
-- :mod:`train.losses.temperature`: find / clamp the model's log_temperature, optimizer parameter groups.
-- :mod:`train.losses.distributed`: the one all-gather helper.
+- :mod:`e5omni.train.losses.functional`: pair temperatures, rho_t curriculum, hard-negative mask, DCL, batch whitening, CORAL.
+- :mod:`e5omni.train.losses.e5omni`: :class:`E5OmniLoss`, the sentence-transformers loss module (dict of components).
+- :mod:`e5omni.train.losses.cached`: :class:`CachedE5OmniLoss`, the same loss with GradCache mini-batching.
+- :mod:`e5omni.train.losses.temperature`: find / clamp the model's log_temperature, optimizer parameter groups.
+- :mod:`e5omni.train.losses.distributed`: the one all-gather helper.
 
 See docs/losses.md for the symbols, defaults and the choices made where the paper is silent.
 """

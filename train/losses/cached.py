@@ -1,4 +1,4 @@
-"""CachedE5OmniLoss: :class:`~train.losses.e5omni.E5OmniLoss` with GradCache mini-batching.
+"""CachedE5OmniLoss: :class:`~e5omni.train.losses.e5omni.E5OmniLoss` with GradCache mini-batching.
 
 Built on sentence-transformers' cached-loss machinery (``sentence_transformers.base.losses.gradcache``): its
 ``CachedLossMixin`` mini-batch iteration, ``RandContext`` (the replayed forward draws the same dropout masks) and its

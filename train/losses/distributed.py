@@ -1,6 +1,6 @@
 """The one all-gather helper the losses use (sentence-transformers' ``util.distributed`` underneath).
 
-Convention, the same everywhere in :mod:`train.losses`: every rank gathers all rows (rank-major order, so the union
+Convention, the same everywhere in :mod:`e5omni.train.losses`: every rank gathers all rows (rank-major order, so the union
 batch has the same column order as a single process over it), computes the loss of *its own* query rows against all
 gathered candidates (mean over its rows) plus the batch-level terms (whitening + CORAL) on the gathered batch, and
 lets DDP average the gradients. ``torch.distributed.nn.all_gather`` sums the gradients that every rank's loss sends

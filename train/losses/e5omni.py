@@ -3,9 +3,9 @@
     L = L_DCL + lambda_coral * L_coral                                    (PAPER.md, components 1-3)
 
 - Component 1, modality-aware temperature: logits S_ij = cos(e_qi, e_dj) / tau(q_i, d_j), tau from the model's
-  per-modality ``log_temperature`` and the items' ``modality_mask`` (:func:`~train.losses.functional.pair_temperature`).
+  per-modality ``log_temperature`` and the items' ``modality_mask`` (:func:`~e5omni.train.losses.functional.pair_temperature`).
 - Component 2, negative curriculum + debiasing: each row keeps its hardest (1 - rho_t) fraction of negatives
-  (:func:`~train.losses.functional.hard_negative_mask`), rho_t a pure function of the global step
+  (:func:`~e5omni.train.losses.functional.hard_negative_mask`), rho_t a pure function of the global step
   (:meth:`E5OmniLoss.set_step`); the loss is the debiased contrastive loss with gamma_plus.
 - Component 3, batch whitening + CORAL: one whitening W fitted on the stacked query and positive embeddings of the
   (gathered) batch, L_coral = ||Cov(W(Q)) - Cov(W(P))||_F^2 / (4 D^2).
@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model_card.render import CITATION as E5_OMNI_CITATION
-
+from .citation import CITATION as E5_OMNI_CITATION
 from .distributed import gather_rows, row_counts
 from .functional import (
     MODALITIES,
@@ -513,7 +512,7 @@ class E5OmniLoss(nn.Module):
     def last_diagnostics(self) -> dict[str, float]:
         """Diagnostics of the last call: ``tau_<modality>``, ``rho``, ``negatives_kept_fraction`` (of the admissible
         negatives, query -> candidate direction) and, with whitening, ``coral_unweighted`` and ``whitening_residual``
-        (:func:`~train.losses.functional.whitening_residual`, computed when read)."""
+        (:func:`~e5omni.train.losses.functional.whitening_residual`, computed when read)."""
         out = {name: float(value) for name, value in self._diagnostics.items()}
         if self._whitening_fit is not None:
             if self._residual_cache is None:

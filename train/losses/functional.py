@@ -1,7 +1,7 @@
 """Functional core of the e5-omni alignment losses (../shared/PAPER.md, components 1-3).
 
 Every function takes embeddings / logits, never raw inputs, so each piece is unit-tested on hand-computed values and
-the modules in :mod:`train.losses.e5omni` stay thin. Conventions (the docs and external checks rely on them):
+the modules in :mod:`e5omni.train.losses.e5omni` stay thin. Conventions (the docs and external checks rely on them):
 
 - B queries (rows), N candidates (columns), D embedding dimension, M = 4 modalities in the order
   text, image, audio, video (:data:`MODALITIES`);
@@ -24,8 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-#: The base modalities, in the order of every ``modality_mask`` column and of ``log_temperature``.
-MODALITIES = ("text", "image", "audio", "video")
+from modeling_e5omni.configuration_e5omni import MODALITIES  # the one definition (order of log_temperature)
 
 __all__ = [
     "MODALITIES",

@@ -320,7 +320,7 @@ def stage_folder(
 
     No network. Raises a `FolderCheckError` subclass naming the offending file(s) before anything is sent.
     """
-    from model_card import CalibrationError, calibration_summary, context_from_folder, render_model_card
+    from e5omni.model_card import CalibrationError, calibration_summary, context_from_folder, render_model_card
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -366,7 +366,7 @@ def stage_folder(
     if missing or not any(p.endswith(".safetensors") for p in staged_paths):
         raise IncompleteFolderError(
             f"{folder} lacks {missing or 'safetensors weights'}: every e5-omni repo serves both entry paths "
-            "(AutoModel and SentenceTransformer); write the folder with train.hub.save_hub_folder",
+            "(AutoModel and SentenceTransformer); write the folder with e5omni.convert.save_hub_folder",
             path=(missing or ["model.safetensors"])[0],
         )
 
@@ -625,7 +625,7 @@ def push_folder(
 def _commit_description(staged: list[StagedFile]) -> str:
     """Commit body: the calibration at a glance and the weights' sha256, so the history is readable on its own."""
     by_path = {f.path: f for f in staged}
-    lines = ["Published with e5-omni train.publish (one atomic commit)."]
+    lines = ["Published with e5-omni e5omni.publish (one atomic commit)."]
     calibration = by_path.get("calibration.json")
     if calibration is not None and calibration.data is not None:
         summary = json.loads(calibration.data)

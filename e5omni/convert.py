@@ -1,4 +1,4 @@
-"""Converting checkpoints into our format (and, later, publishing them).
+"""Converting released and base checkpoints into our format.
 
 `convert_checkpoint(src, out)` takes a released e5-omni checkpoint (`qwen2_5_omni_thinker`, saved as
 `Qwen2_5OmniThinkerForConditionalGeneration`, in either the transformers 4.x or 5.x weight-key layout) or a base
@@ -10,14 +10,13 @@ checkpoint does not change a single embedding.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from e5omni.release import save_hub_folder
 from modeling_e5omni import MODALITIES, E5OmniConfig, E5OmniModel, E5OmniProcessor
 
 #: Temperatures published for the released e5-omni-7B (text, image, audio, video).
@@ -110,38 +109,3 @@ def convert_checkpoint(
             for name, tau in values.items():
                 model.log_temperature[MODALITIES.index(name)] = math.log(tau)
     return save_hub_folder(model, E5OmniProcessor(backbone_processor, config), out)
-
-
-#: What a Hub repo of ours needs from the environment (checked by sentence-transformers before loading).
-REQUIREMENTS = {"transformers": ">=5.23,<6", "sentence-transformers": ">=6.2,<7", "torchvision": ">=0.29"}
-
-ST_MODULE_FILE = Path(__file__).resolve().parents[1] / "modeling_e5omni" / "sentence_e5omni.py"
-
-
-def save_hub_folder(model, processor, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a self-contained, Hub-ready folder: safetensors weights (temperatures and whitening included), config
-    with `auto_map`, the code files, processor/tokenizer/chat template, and the sentence-transformers files.
-
-    Always writes into a fresh folder (saving over an old model can leave stale files that reload wrongly).
-    """
-    from modeling_e5omni.sentence_e5omni import sentence_transformer
-
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; save into a fresh folder (or pass overwrite=True)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    st = sentence_transformer(model, processor)
-    st.save(str(out), create_model_card=False)
-    # The first module was saved from our pip package; a Hub repo must name the file that ships next to the weights.
-    modules_path = out / "modules.json"
-    modules = json.loads(modules_path.read_text())
-    modules[0]["type"] = "sentence_e5omni.E5OmniSTModule"
-    modules_path.write_text(json.dumps(modules, indent=2) + "\n")
-    shutil.copy(ST_MODULE_FILE, out / ST_MODULE_FILE.name)
-    st_config_path = out / "config_sentence_transformers.json"
-    st_config = json.loads(st_config_path.read_text())
-    st_config["requirements"] = dict(REQUIREMENTS)
-    st_config_path.write_text(json.dumps(st_config, indent=2, sort_keys=True) + "\n")
-    return out

@@ -307,7 +307,7 @@ def build_tiny_model(backbone: str = "qwen2.5-omni", seed: int = 0, **embedding_
 def build_tiny(out_dir: str | os.PathLike, backbone: str = "qwen2.5-omni", seed: int = 0, **embedding_kwargs) -> Path:
     """Write a tiny model folder in our released format (weights, config with auto_map, code, processor files,
     sentence-transformers files): it loads through AutoModel and SentenceTransformer like a Hub repo."""
-    from train.hub import save_hub_folder
+    from e5omni.release import save_hub_folder
 
     model, processor = build_tiny_model(backbone, seed, **embedding_kwargs)
     return save_hub_folder(model, processor, out_dir)

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from train.data import RetrievalCorpus, to_corpus
+from e5omni.data import RetrievalCorpus, to_corpus
 
 __all__ = [
     "COLOURS",

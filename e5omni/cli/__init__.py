@@ -17,12 +17,12 @@ import argparse
 import json
 import sys
 
-from train.hub import E5_OMNI_7B_TEMPERATURES
-from train.tiny import BACKBONES
+from e5omni.convert import E5_OMNI_7B_TEMPERATURES
+from e5omni.tiny import BACKBONES
 
 
 def _cmd_init_tiny(args: argparse.Namespace) -> int:
-    from train.tiny import build_tiny
+    from e5omni.tiny import build_tiny
 
     out = build_tiny(args.out, backbone=args.backbone, seed=args.seed)
     print(f"wrote a tiny {args.backbone} e5-omni model (seed {args.seed}) to {out}")
@@ -45,7 +45,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from train.hub import convert_checkpoint
+    from e5omni.convert import convert_checkpoint
 
     out = convert_checkpoint(args.src, args.out, temperatures=args.temperatures)
     print(f"converted {args.src} -> {out}")
@@ -53,7 +53,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from train.demo import run_demo
+    from e5omni.demo import run_demo
 
     run_demo(args.output_dir, config=args.config, overrides=args.overrides)
     return 0
@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_convert)
 
-    from train.evaluate import add_eval_parser
-    from train.publish import add_push_parser
+    from e5omni.evaluation import add_eval_parser
+    from e5omni.publish import add_push_parser
 
     add_eval_parser(sub)
     add_push_parser(sub)
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":  # YAML + overrides over dataclasses: trl's TrlParser owns these flags
-        from train.run import train_main
+        from e5omni.train.run import train_main
 
         train_main(argv[1:])
         return 0

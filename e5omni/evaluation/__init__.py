@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.data import MODALITIES, RetrievalCorpus, content_hash, item_modalities, to_corpus
+from e5omni.data import MODALITIES, RetrievalCorpus, content_hash, item_modalities, to_corpus
 
 __all__ = [
     "CorpusEmbeddings",
@@ -240,7 +240,7 @@ def retrieval_metrics(scores: Any, relevant: Any, ks: Sequence[int] = (1, 5, 10)
 
 @dataclass
 class CorpusEmbeddings:
-    """Embeddings of a :class:`~train.data.RetrievalCorpus`: rows aligned with ``query_ids`` / ``doc_ids``.
+    """Embeddings of a :class:`~e5omni.data.RetrievalCorpus`: rows aligned with ``query_ids`` / ``doc_ids``.
 
     Computed once by :func:`encode_corpus` and handed to evaluation, diagnostics and plots, so a full report costs one
     encoding pass. float32, as the model returns them (L2-normalised, whitened when the model's config says so).
@@ -357,7 +357,7 @@ def encode_corpus(
 ) -> CorpusEmbeddings:
     """Embed every distinct query (``encode_query``) and document (``encode_document``) of ``corpus`` exactly once.
 
-    Items are keyed by :func:`~train.data.content_hash`: ``to_corpus`` already merges identical documents, and here
+    Items are keyed by :func:`~e5omni.data.content_hash`: ``to_corpus`` already merges identical documents, and here
     identical queries of different pairs share one encoding too. With ``cache_path`` (an ``.npz`` file), embeddings
     found there are reused and new ones added, keyed by (role, content hash) and guarded by
     :func:`model_fingerprint`; a cache from another model raises :class:`EmbeddingCacheError`.
@@ -507,7 +507,7 @@ def evaluate_retrieval(
 ) -> dict[str, dict[str, float]]:
     """Rank every query against its pair's pool and average the metrics per pair and overall.
 
-    ``data``: a :class:`~train.data.RetrievalCorpus` or training-style examples (converted with ``to_corpus``).
+    ``data``: a :class:`~e5omni.data.RetrievalCorpus` or training-style examples (converted with ``to_corpus``).
     ``embeddings``: reuse an :func:`encode_corpus` result (nothing is encoded then; ``model`` is only needed for
     ``calibrated``). Returns, with values in [0, 1]::
 
@@ -1103,10 +1103,10 @@ def write_plots(
 
 def load_eval_data(spec: str, *, media_root: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Examples from ``synthetic:test`` / ``synthetic:train`` (the bundled generated set, seed 0) or a ``.jsonl`` /
-    ``.json`` / ``.csv`` file read by :func:`train.data.load_jsonl` / :func:`train.data.load_csv` (media paths
+    ``.json`` / ``.csv`` file read by :func:`e5omni.data.load_jsonl` / :func:`e5omni.data.load_csv` (media paths
     confined to ``media_root``, default the file's folder). ``limit`` keeps the first examples."""
     if spec.startswith("synthetic:"):
-        from train.synthetic import build_synthetic
+        from e5omni.data.synthetic import build_synthetic
 
         split = spec.split(":", 1)[1]
         if split not in ("train", "test"):
@@ -1115,7 +1115,7 @@ def load_eval_data(spec: str, *, media_root: str | None = None, limit: int | Non
             )
         examples = build_synthetic(split, seed=0)
     else:
-        from train.data import load_csv, load_jsonl
+        from e5omni.data import load_csv, load_jsonl
 
         path = Path(spec)
         if not path.is_file():
@@ -1160,7 +1160,7 @@ def run_eval(args: argparse.Namespace) -> int:
     Data and cache problems (bad rows, unsafe media paths, a cache of another model) print one line naming what was
     wrong and return 2, like argparse errors, instead of a traceback.
     """
-    from train.data import DataError
+    from e5omni.data import DataError
 
     try:
         return _run_eval(args)
@@ -1219,7 +1219,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "candidate pool, and report Hit@k, Recall@k, NDCG@k and MRR per pair and overall, plus alignment diagnostics.",
     )
     p.add_argument("model", help="a saved e5-omni model folder (or Hub id)")
-    p.add_argument("--data", required=True, help="a .jsonl/.csv file (train.data format), or synthetic:test")
+    p.add_argument("--data", required=True, help="a .jsonl/.csv file (e5omni.data format), or synthetic:test")
     p.add_argument(
         "--media-root", default=None, help="folder media paths in --data are relative to (default: its folder)"
     )

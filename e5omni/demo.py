@@ -20,7 +20,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def _table(before: dict, after: dict) -> str:
-    from train.evaluate import pair_keys
+    from e5omni.evaluation import pair_keys
 
     rows = [f"{'pair':<20} {'R@1 before':>10} {'R@1 after':>10} {'MRR before':>10} {'MRR after':>10}"]
     for pair in [*pair_keys(after), "overall"]:
@@ -48,11 +48,11 @@ def _paths_agree(folder: Path, reference, probes) -> float:
 def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None = None, overrides=()) -> dict:
     import torch
 
-    from train.data import to_corpus
-    from train.evaluate import evaluate_retrieval
-    from train.run import load_examples, load_model, parse_recipe
-    from train.synthetic import build_synthetic
-    from train.trainer import E5OmniTrainer
+    from e5omni.data import to_corpus
+    from e5omni.data.synthetic import build_synthetic
+    from e5omni.evaluation import evaluate_retrieval
+    from e5omni.train.run import load_examples, load_model, parse_recipe
+    from e5omni.train.trainer import E5OmniTrainer
 
     start = time.perf_counter()
     config = Path(config) if config else DEMO_CONFIG

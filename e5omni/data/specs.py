@@ -1,0 +1,80 @@
+"""Data specs: the one way every command turns a string into examples.
+
+    synthetic:train | synthetic:test     the bundled generated set (e5omni.data.synthetic)
+    FILE.jsonl | FILE.json | FILE.csv    our file schema (docs/data.md); media paths confined to `media_root`
+    hub:NAME[:split]                     a Hugging Face dataset in our column layout (or a column map)
+
+`e5omni train --train_data/--eval_data` and `e5omni eval --data` both call `load_data_spec`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from e5omni.data import DataError
+
+SYNTHETIC_SPLITS = ("train", "test")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+SPEC_FORMS = "synthetic:train, synthetic:test, a .jsonl / .json / .csv file, or hub:NAME[:split]"
+
+
+class DataSpecError(DataError):
+    """A data spec that names nothing we can read (unknown form, missing file, unknown split, no examples)."""
+
+
+def load_data_spec(
+    spec: str,
+    *,
+    split: str = "train",
+    media_root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    synthetic_size: int | None = None,
+    synthetic_seed: int = 0,
+    synthetic_difficulty: float | None = None,
+) -> Sequence[dict[str, Any]]:
+    """Examples named by `spec` (see the module docstring).
+
+    `split` is the default split for `hub:` specs without one. `synthetic_size` examples are generated for
+    `synthetic:train` (None: the generator's default; the test split always has its fixed size). `limit` keeps the
+    first examples. Raises `DataSpecError` for a spec that cannot be read and when nothing is left.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise DataSpecError(f"expected a data spec ({SPEC_FORMS}), got {spec!r}")
+    if spec.startswith("synthetic:"):
+        from e5omni.data.synthetic import build_synthetic
+
+        which = spec.split(":", 1)[1]
+        if which not in SYNTHETIC_SPLITS:
+            raise DataSpecError(f"unknown synthetic split {which!r} in {spec!r}; use synthetic:train or synthetic:test")
+        n = synthetic_size if which == "train" else None
+        examples: Sequence[dict[str, Any]] = build_synthetic(
+            which, n=n, seed=synthetic_seed, difficulty=synthetic_difficulty
+        )
+    elif spec.startswith("hub:"):
+        from e5omni.data import load_hub_dataset
+
+        name, _, hub_split = spec[4:].partition(":")
+        if not name:
+            raise DataSpecError(f"{spec!r} names no dataset; use hub:NAME[:split]")
+        examples = load_hub_dataset(name, hub_split or split, media_root=media_root)
+    else:
+        from e5omni.data import load_csv, load_jsonl
+
+        path = Path(spec)
+        if not path.is_file():
+            raise DataSpecError(f"data file not found: {spec!r} (expected {SPEC_FORMS})")
+        suffix = path.suffix.lower()
+        if suffix not in FILE_SUFFIXES:
+            raise DataSpecError(f"unsupported data file {spec!r}: expected {SPEC_FORMS}")
+        reader = load_csv if suffix == ".csv" else load_jsonl
+        examples = reader(path, media_root)
+    if limit is not None:
+        if limit < 1:
+            raise DataSpecError(f"limit must be >= 1, got {limit}")
+        examples = examples[:limit]
+    if len(examples) == 0:
+        raise DataSpecError(f"{spec!r} has no examples")
+    return examples
