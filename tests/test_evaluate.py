@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from e5omni.cli.evaluate import add_eval_parser
 from e5omni.data import RetrievalCorpus, content_hash, to_corpus
 from e5omni.data.synthetic import SyntheticOmniConfig, build_synthetic
 from e5omni.evaluation import (
     CorpusEmbeddings,
     EmbeddingCacheError,
     EvaluationError,
-    add_eval_parser,
     alignment_diagnostics,
     benchmark_category,
     diagnostics_markdown,
@@ -25,7 +25,6 @@ from e5omni.evaluation import (
     evaluate_retrieval,
     headline_metrics,
     hit_at_k,
-    load_eval_data,
     metric_names,
     metrics_markdown,
     ndcg_at_k,
@@ -382,11 +381,15 @@ def test_temperature_history_formats_and_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
-def test_eval_cli_on_a_saved_model(tmp_path, capsys):
-    model_dir = build_tiny(tmp_path / "model", seed=0)
+def _eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     add_eval_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([
+    return parser
+
+
+def test_eval_cli_on_a_saved_model(tmp_path, capsys):
+    model_dir = build_tiny(tmp_path / "model", seed=0)
+    args = _eval_parser().parse_args([
         "eval", str(model_dir), "--data", "synthetic:test", "--limit", "18", "--batch-size", "8",
         "--output", str(tmp_path / "report.json"), "--markdown", str(tmp_path / "report.md"),
         "--plots", str(tmp_path / "plots"), "--ks", "1,5", "--cache", str(tmp_path / "emb.npz"),
@@ -404,21 +407,34 @@ def test_eval_cli_on_a_saved_model(tmp_path, capsys):
     assert "| pair | queries |" in out.out and "skipping the temperature plot" in out.err
     assert (tmp_path / "emb.npz").is_file()
 
-    bad = parser.parse_args(["eval", str(model_dir), "--data", "synthetic:dev"])
-    assert bad.func(bad) == 2  # a one-line message, not a traceback
-    assert "e5omni eval: unknown synthetic split 'dev'" in capsys.readouterr().err
 
-
-def test_load_eval_data(tmp_path):
+def test_eval_cli_reads_a_data_file(tmp_path):
+    model_dir = build_tiny(tmp_path / "model", seed=0)
     path = tmp_path / "eval.jsonl"
     rows = [{"query": "a red circle", "positive": "red", "negatives": ["blue"]}] * 2
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert len(load_eval_data(str(path))) == 2
-    assert len(load_eval_data(str(path), limit=1)) == 1
-    with pytest.raises(EvaluationError, match="unknown synthetic split"):
-        load_eval_data("synthetic:dev")
-    with pytest.raises(EvaluationError, match="no such file"):
-        load_eval_data(str(tmp_path / "missing.jsonl"))
+    args = _eval_parser().parse_args(
+        ["eval", str(model_dir), "--data", str(path), "--limit", "1", "--output", str(tmp_path / "r.json")]
+    )
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_queries"] == 1 and report["num_documents"] == 2
+
+
+def test_eval_cli_reports_a_bad_data_spec_in_one_line(tmp_path, capsys):
+    """--data goes through e5omni.data.specs.load_data_spec; what it refuses is one line and status 2, before any
+    model is loaded (the model folder here does not exist)."""
     (tmp_path / "data.txt").write_text("x")
-    with pytest.raises(EvaluationError, match="expected a .jsonl or .csv"):
-        load_eval_data(str(tmp_path / "data.txt"))
+    (tmp_path / "empty.jsonl").write_text("")
+    cases = {
+        "synthetic:dev": "unknown synthetic split 'dev'",
+        str(tmp_path / "missing.jsonl"): "data file not found",
+        str(tmp_path / "data.txt"): "unsupported data file",
+        str(tmp_path / "empty.jsonl"): "has no examples",
+    }
+    parser = _eval_parser()
+    for spec, message in cases.items():
+        args = parser.parse_args(["eval", str(tmp_path / "no-model"), "--data", spec])
+        assert args.func(args) == 2, spec
+        err = capsys.readouterr().err
+        assert err.startswith("e5omni eval: ") and message in err and err.count("\n") == 1, err

@@ -1,62 +1,24 @@
 """The `e5omni` command line.
 
     e5omni train --config configs/X.yaml [--key value ...]
-    e5omni eval MODEL --data synthetic:test|FILE [--output metrics.json] [--markdown table.md] [--plots DIR]
+    e5omni eval MODEL --data synthetic:test|FILE|hub:NAME[:split] [--output metrics.json] [--markdown table.md] [--plots DIR]
     e5omni push FOLDER --repo-id ID [--revision BRANCH] [--private] [--create-pr] [--dry-run DIR]
     e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
     e5omni encode MODEL --text "..." [--image PATH] [--audio PATH] [--video PATH] [--query]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
     e5omni demo [--output-dir DIR]
 
-Subcommands that train, evaluate, convert and push are added by their own modules as they land.
+Each subcommand's code lives in a module of this package (model.py: init-tiny, encode, convert, demo; evaluate.py;
+publish.py); `train` is dispatched to `e5omni.train.run` before argparse, because trl's TrlParser owns its flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from e5omni.convert import E5_OMNI_7B_TEMPERATURES
+from e5omni.cli.model import E5_OMNI_7B_TEMPERATURES, cmd_convert, cmd_demo, cmd_encode, cmd_init_tiny
 from e5omni.tiny import BACKBONES
-
-
-def _cmd_init_tiny(args: argparse.Namespace) -> int:
-    from e5omni.tiny import build_tiny
-
-    out = build_tiny(args.out, backbone=args.backbone, seed=args.seed)
-    print(f"wrote a tiny {args.backbone} e5-omni model (seed {args.seed}) to {out}")
-    return 0
-
-
-def _cmd_encode(args: argparse.Namespace) -> int:
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-    given = {"text": args.text, "image": args.image, "audio": args.audio, "video": args.video}
-    item = {k: v for k, v in given.items() if v is not None}
-    if not item:
-        print("encode: give at least one of --text/--image/--audio/--video", file=sys.stderr)
-        return 2
-    embed = model.encode_query if args.query else model.encode_document
-    vector = embed([item])[0]
-    print(json.dumps({"dim": int(vector.shape[0]), "embedding": [round(float(x), 6) for x in vector]}))
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from e5omni.convert import convert_checkpoint
-
-    out = convert_checkpoint(args.src, args.out, temperatures=args.temperatures)
-    print(f"converted {args.src} -> {out}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from e5omni.demo import run_demo
-
-    run_demo(args.output_dir, config=args.config, overrides=args.overrides)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--backbone", choices=BACKBONES, default="qwen2.5-omni")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_init_tiny)
+    p.set_defaults(func=cmd_init_tiny)
 
     p = sub.add_parser("encode", help="embed one item with a saved model and print the vector as JSON")
     p.add_argument("model")
@@ -78,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio")
     p.add_argument("--video")
     p.add_argument("--query", action="store_true", help="encode as a query (adds the query prompt)")
-    p.set_defaults(func=_cmd_encode)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("convert", help="convert a released e5-omni checkpoint or a base backbone to our format")
     p.add_argument("src", help="local folder or Hub id")
@@ -89,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         + ",".join(f"{m}={t}" for m, t in E5_OMNI_7B_TEMPERATURES.items())
         + " (the values published for e5-omni-7B)",
     )
-    p.set_defaults(func=_cmd_convert)
+    p.set_defaults(func=cmd_convert)
 
-    from e5omni.evaluation import add_eval_parser
+    from e5omni.cli.evaluate import add_eval_parser
     from e5omni.publish import add_push_parser
 
     add_eval_parser(sub)
@@ -101,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="demo-output")
     p.add_argument("--config", default=None, help="recipe YAML (default: configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. -- --num_train_epochs 2")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
