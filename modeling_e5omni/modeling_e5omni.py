@@ -18,10 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_e5omni import MODALITIES, E5OmniConfig
 from .processing_e5omni import E5OmniProcessor, check_items, normalize_item
+
+#: Parameters a backbone defines but never uses in its forward (per backbone model_type, as name prefixes under
+#: `backbone.`): Qwen2.5-Omni's audio tower keeps `audio_bos_eos_token` for generation-side code that the thinker's
+#: forward never calls. tests/test_distributed.py checks, for every backbone kind, that every other parameter receives a
+#: gradient when all modalities are present.
+NEVER_USED_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "qwen2_5_omni_thinker": ("backbone.audio_tower.audio_bos_eos_token.",),
+}
 
 # Inputs the backbones accept; anything else in a features dict (modality_mask, content_hash, ...) stays here.
 BACKBONE_INPUTS = (
@@ -37,6 +46,63 @@ BACKBONE_INPUTS = (
     "feature_attention_mask",
     "mm_token_type_ids",
 )
+
+
+def _check_modality_mask(mask: torch.Tensor, num_modalities: int, name: str) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = (
+            f"Tensor(dtype={mask.dtype}, shape={tuple(mask.shape)})"
+            if isinstance(mask, torch.Tensor)
+            else type(mask).__name__
+        )
+        raise TypeError(f"{name} must be a bool tensor of shape (rows, {num_modalities}), got {got}")
+    if mask.ndim != 2 or mask.shape[1] != num_modalities:
+        raise ValueError(f"{name} must have shape (rows, {num_modalities}), got {tuple(mask.shape)}")
+    empty = (~mask.any(dim=1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{name}: item(s) {empty.tolist()[:10]} have no modality; every item needs at least one of {MODALITIES}"
+        )
+    return mask
+
+
+# Component 1 of the recipe (modality-aware temperatures), the one definition: the loss imports these, and
+# `E5OmniModel.similarity(calibrated=True)` uses them, so calibrated scores are exactly the training logits.
+def instance_temperature(log_temperature: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+    """Instance temperature tau(x) = w(x)^T tau, with w_m(x) = 1[m in M(x)] / |M(x)|.
+
+    Args:
+        log_temperature: ``(M,)`` log tau per modality.
+        modality_mask: ``(B, M)`` bool, True where item b contains modality m.
+
+    Returns:
+        ``(B,)`` the mean of tau over the modalities present in each item.
+    """
+    tau = log_temperature.float() if log_temperature.dtype in (torch.float16, torch.bfloat16) else log_temperature
+    tau = tau.exp()  # (M,)
+    if tau.ndim != 1:
+        raise ValueError(f"log_temperature must have shape (M,), got {tuple(log_temperature.shape)}")
+    mask = _check_modality_mask(modality_mask, tau.shape[0], "modality_mask")
+    weights = mask.to(tau.dtype)  # (B, M)
+    return (weights @ tau) / weights.sum(dim=1)  # (B,)
+
+
+def pair_temperature(
+    log_temperature: torch.Tensor, query_modality: torch.Tensor, doc_modality: torch.Tensor
+) -> torch.Tensor:
+    """Pair temperature tau(q, p) = (tau(q) + tau(p)) / 2 for every query/candidate pair.
+
+    Args:
+        log_temperature: ``(M,)`` log tau per modality (the model's ``log_temperature`` parameter).
+        query_modality: ``(B, M)`` bool modality mask of the queries.
+        doc_modality: ``(N, M)`` bool modality mask of the candidates.
+
+    Returns:
+        ``(B, N)`` temperatures; the logit of a pair is ``cos(e_q, e_p) / tau(q, p)``.
+    """
+    tau_q = instance_temperature(log_temperature, query_modality)  # (B,)
+    tau_d = instance_temperature(log_temperature, doc_modality)  # (N,)
+    return (tau_q[:, None] + tau_d[None, :]) / 2  # (B, N)
 
 
 @dataclass
@@ -66,6 +132,19 @@ class E5OmniAlignment(nn.Module):
         self.register_buffer("whitening_matrix", torch.eye(hidden_size))
         self.register_buffer("whitening_covariance", torch.eye(hidden_size))
         self.register_buffer("whitening_updates", torch.zeros((), dtype=torch.int64))
+
+    def _apply(self, fn, recurse=True):
+        """`.to(dtype)`, `.half()`, `.bfloat16()` of the whole model move this state but never lower its precision:
+        tau around 0.016 in bf16 is off by 1.5% (0.016340 -> 0.016113, measured), and the whitening statistics would
+        lose more. Device moves apply as usual; the fp32 values are moved, not round-tripped through half precision."""
+
+        def keep_fp32(tensor: torch.Tensor) -> torch.Tensor:
+            out = fn(tensor)
+            if tensor.dtype == torch.float32 and out.dtype in (torch.float16, torch.bfloat16):
+                return tensor.to(device=out.device)
+            return out
+
+        return super()._apply(keep_fp32, recurse)
 
     @torch.no_grad()
     def update_running_stats(self, x: torch.Tensor, momentum: float) -> None:
@@ -109,17 +188,28 @@ class E5OmniPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+    # fp16 loads honour `_keep_in_fp32_modules`; bf16 loads only the strict list (transformers 5.23).
     _keep_in_fp32_modules = ["alignment"]
+    _keep_in_fp32_modules_strict = ["alignment"]
     _no_split_modules = []
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True returns (model, info)
+        if hasattr(model, "freeze_never_used_parameters"):
+            model.freeze_never_used_parameters()  # loading rebuilds the parameters, and their requires_grad
+        return loaded
 
     def _init_weights(self, module):
         if isinstance(module, E5OmniAlignment):
-            with torch.no_grad():
-                module.log_temperature.fill_(math.log(self.config.temperature_init))
-                module.whitening_mean.zero_()
-                module.whitening_matrix.copy_(torch.eye(module.whitening_matrix.shape[0]))
-                module.whitening_covariance.copy_(torch.eye(module.whitening_covariance.shape[0]))
-                module.whitening_updates.zero_()
+            # transformers' `initialization` helpers skip tensors that were loaded from the checkpoint, so a
+            # checkpoint missing one buffer re-initialises only that buffer, never the learned temperatures.
+            init.constant_(module.log_temperature, math.log(self.config.temperature_init))
+            init.zeros_(module.whitening_mean)
+            init.eye_(module.whitening_matrix)
+            init.eye_(module.whitening_covariance)
+            init.zeros_(module.whitening_updates)
             return
         backbone = getattr(self, "backbone", None)
         if backbone is not None and hasattr(backbone, "_init_weights"):
@@ -138,6 +228,22 @@ class E5OmniModel(E5OmniPreTrainedModel):
         self.alignment = E5OmniAlignment(config.hidden_size, config.temperature_init)
         self._processor: E5OmniProcessor | None = None
         self.post_init()
+        self.freeze_never_used_parameters()
+
+    def never_used_parameters(self) -> list[str]:
+        """Names of backbone parameters that no forward pass uses, so they can never receive a gradient."""
+        prefixes = NEVER_USED_PARAMETERS.get(getattr(self.backbone.config, "model_type", None), ())
+        return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
+
+    def freeze_never_used_parameters(self) -> list[str]:
+        """Freeze `never_used_parameters()`; returns their names. Called at construction; whoever re-enables
+        gradients on every parameter (LoRA merge, a user's `requires_grad_(True)` loop) calls it again. Without it
+        DDP with `find_unused_parameters=False` stops at the start of step 2 on Qwen2.5-Omni."""
+        names = self.never_used_parameters()
+        parameters = dict(self.named_parameters())
+        for name in names:
+            parameters[name].requires_grad_(False)
+        return names
 
     # --------------------------------------------------------------------------------------------- plumbing
     def get_input_embeddings(self):
@@ -260,13 +366,8 @@ class E5OmniModel(E5OmniPreTrainedModel):
     # ------------------------------------------------------------------------------------------- similarity
     def pair_temperature(self, query_modality: torch.Tensor, doc_modality: torch.Tensor) -> torch.Tensor:
         """tau(q, p) = (tau(q) + tau(p)) / 2 with tau(x) the mean tau over x's modalities. (B, M), (N, M) -> (B, N)."""
-        tau = self.alignment.log_temperature.detach().float().exp()  # (M,)
-
-        def instance(mask: torch.Tensor) -> torch.Tensor:
-            mask = mask.float()
-            return (mask @ tau) / mask.sum(-1).clamp(min=1)  # (B,)
-
-        return (instance(query_modality)[:, None] + instance(doc_modality)[None, :]) / 2
+        log_tau = self.alignment.log_temperature.detach().float()
+        return pair_temperature(log_tau, query_modality.bool(), doc_modality.bool())
 
     def similarity(self, a, b, calibrated: bool = False, query_modalities=None, doc_modalities=None):
         """Cosine similarity (B, N). With `calibrated=True`, divided by the learned pair temperature tau(q, p), so
@@ -332,14 +433,8 @@ def register() -> None:
     """Register with the Auto classes so a pip install loads e5-omni folders without remote code."""
     from transformers import AutoConfig as _AutoConfig
 
-    try:
-        _AutoConfig.register("e5omni", E5OmniConfig)
-    except ValueError:
-        pass
-    try:
-        AutoModel.register(E5OmniConfig, E5OmniModel)
-    except ValueError:
-        pass
+    _AutoConfig.register("e5omni", E5OmniConfig, exist_ok=True)
+    AutoModel.register(E5OmniConfig, E5OmniModel, exist_ok=True)
 
 
 E5OmniConfig.register_for_auto_class()

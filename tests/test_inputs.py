@@ -1,4 +1,4 @@
-"""Every bad input gets its documented, typed error naming the item (RELIABILITY.md, inputs)."""
+"""Every bad input gets its documented, typed error naming the item (README, "Bad input fails early")."""
 
 from __future__ import annotations
 

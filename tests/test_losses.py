@@ -1,5 +1,5 @@
 """The alignment losses: functional pieces on hand-computed values, E5OmniLoss against a reference written from the
-formulas in ../shared/PAPER.md, switches, duplicates, validation, precision, temperatures."""
+formulas of the paper (docs/losses.md), switches, duplicates, validation, precision, temperatures."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from torch import nn
 from e5omni.train.losses import (
     MODALITIES,
     E5OmniLoss,
-    build_param_groups,
     clamp_temperatures_,
     curriculum_rho,
     debiased_contrastive_loss,
@@ -607,24 +606,23 @@ class TinyEncoder(nn.Module):
         return features
 
 
-def test_param_groups_isolate_the_temperatures():
+def test_find_log_temperature_finds_the_models_parameter():
     model = TinyEncoder()
-    groups = build_param_groups(model, weight_decay=0.1, temperature_lr=1e-3)
-    names = {id(p): n for n, p in model.named_parameters()}
-    by_group = [sorted(names[id(p)] for p in g["params"]) for g in groups]
-    assert by_group == [["proj.weight"], ["norm.bias", "norm.weight", "proj.bias"], ["alignment.log_temperature"]]
-    assert groups[2]["weight_decay"] == 0.0 and groups[2]["lr"] == 1e-3
-    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert not any(n.endswith("log_temperature") for n in decayed)
-    assert "lr" not in build_param_groups(model, weight_decay=0.1)[2]
     assert find_log_temperature(model) is model.alignment.log_temperature
+
+
+def _groups(model: nn.Module, weight_decay: float, temperature_lr: float) -> list[dict]:
+    """What the trainer builds: weights with decay, log tau alone without decay and with its own lr."""
+    tau = model.alignment.log_temperature
+    rest = [p for p in model.parameters() if p is not tau]
+    return [{"params": rest, "weight_decay": weight_decay}, {"params": [tau], "weight_decay": 0.0, "lr": temperature_lr}]
 
 
 def test_temperatures_stay_in_range_under_an_absurd_learning_rate():
     def train(clamp: bool) -> list[float]:
         torch.manual_seed(0)
         model = TinyEncoder()
-        optimizer = torch.optim.AdamW(build_param_groups(model, weight_decay=0.5, temperature_lr=50.0), lr=1.0)
+        optimizer = torch.optim.AdamW(_groups(model, weight_decay=0.5, temperature_lr=50.0), lr=1.0)
         loss = E5OmniLoss(model, curriculum_warmup_steps=0)
         seen = []
         for step in range(200):

@@ -69,5 +69,7 @@ def test_cached_equals_uncached_on_tiny_model_with_audio(mini_batch_size):
         f"mini_batch_size={mini_batch_size}: loss diff {abs(loss_a.item() - loss_b.item()):.2e}, worst grad diff {worst:.2e}, largest grad {scale:.2e}"
     )
     # Gradients reach ~50 here (1/tau = 50 at tau_0 = 0.02), so fp32 summation-order noise is ~1e-5 absolute;
-    # measured: 1.1e-5 (mini-batch 1) and 7.6e-6 (mini-batch 4), i.e. < 3e-7 relative to the largest gradient.
-    assert worst / scale < 1e-6 and worst < 1e-4, (worst, scale)
+    # measured: 1.1e-5 (mini-batch 1) and 7.6e-6 (mini-batch 4) on one CPU, 2.6e-5 (1.1e-6 relative to the largest
+    # gradient) on an Intel Xeon of the same machine kind. A real GradCache bug (a missed chunk, a stale cache) moves
+    # gradients by O(1) relative, so 5e-6 relative still catches it.
+    assert worst / scale < 5e-6 and worst < 1e-4, (worst, scale)

@@ -1,4 +1,4 @@
-"""Batch whitening and CORAL (PAPER.md component 3): hand values, an independent Newton-Schulz reference, Gram vs
+"""Batch whitening and CORAL (docs/paper.md component 3): hand values, an independent Newton-Schulz reference, Gram vs
 feature space, finite forward/backward for N in {2, D-1, D, D+1, 2D} incl. repeated eigenvalues, precision."""
 
 from __future__ import annotations

@@ -198,6 +198,7 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reproduces_the_loss_curve(tmp_path):
     full = tmp_path / "full"
     subprocess.run(_train_cmd(full), check=True, env=_env(), cwd=REPO, capture_output=True)

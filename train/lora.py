@@ -6,8 +6,9 @@ the alignment state (`log_temperature` stays trainable; the whitening buffers ar
 `target_modules=["q_proj", ...]` of most recipes would also hit the audio tower and vision blocks, hence the default
 regex below.
 
-Checkpoints keep the LoRA layers in the weights and write `lora_config.json` next to them (`E5OmniSTModule.load`
-re-injects before loading, so a resumed run continues exactly). Release folders are merged (`merge_lora`) and so are
+Checkpoints keep the LoRA layers in the weights and write `lora_config.json` next to them (a record of the run); a
+resumed run continues exactly because the trainer loads the checkpoint's weights into the model that already carries
+the same LoRA layers (`E5OmniTrainer._load_from_checkpoint`). Release folders are merged (`merge_lora`) and so are
 self-contained; `save_adapter` writes an adapter-only folder for users who want one.
 """
 
@@ -72,17 +73,6 @@ def save_lora_config(model: nn.Module, folder: str | os.PathLike) -> None:
     config = model._e5omni_lora_config.to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     Path(folder, LORA_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def load_lora_config(folder: str | os.PathLike):
-    from peft import LoraConfig
-
-    path = Path(folder, LORA_CONFIG_FILE)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    keep = {k: data[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias") if k in data}
-    return LoraConfig(**keep)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

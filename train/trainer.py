@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
-    """Training arguments of the e5-omni recipe (defaults: the paper's, see docs/losses.md and PAPER.md)."""
+    """Training arguments of the e5-omni recipe (defaults: the paper's, see docs/losses.md and docs/paper.md)."""
 
     temperature_init: float = field(default=0.02, metadata={"help": "initial tau_0 for every modality"})
     temperature_lr: float | None = field(default=None, metadata={"help": "learning rate of log tau (default: lr)"})

@@ -1,9 +1,9 @@
-"""The e5-omni alignment losses (../shared/PAPER.md, components 1-3): functional core, modules, GradCache variant.
+"""The e5-omni alignment losses (the paper's components 1-3, docs/losses.md): functional core, modules, GradCache variant.
 
 - :mod:`e5omni.train.losses.functional`: pair temperatures, rho_t curriculum, hard-negative mask, DCL, batch whitening, CORAL.
 - :mod:`e5omni.train.losses.e5omni`: :class:`E5OmniLoss`, the sentence-transformers loss module (dict of components).
 - :mod:`e5omni.train.losses.cached`: :class:`CachedE5OmniLoss`, the same loss with GradCache mini-batching.
-- :mod:`e5omni.train.losses.temperature`: find / clamp the model's log_temperature, optimizer parameter groups.
+- :mod:`e5omni.train.losses.temperature`: find / clamp the model's log_temperature.
 - :mod:`e5omni.train.losses.distributed`: the one all-gather helper.
 
 See docs/losses.md for the symbols, defaults and the choices made where the paper is silent.
@@ -28,7 +28,7 @@ from .functional import (
     whitening_jitter,
     whitening_residual,
 )
-from .temperature import build_param_groups, clamp_temperatures_, find_log_temperature
+from .temperature import clamp_temperatures_, find_log_temperature
 
 __all__ = [
     "MODALITIES",
@@ -37,7 +37,6 @@ __all__ = [
     "E5OmniLoss",
     "WhiteningStatistics",
     "batch_whiten",
-    "build_param_groups",
     "clamp_temperatures_",
     "coral_loss",
     "curriculum_rho",

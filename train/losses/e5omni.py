@@ -1,6 +1,6 @@
 """E5OmniLoss: the e5-omni alignment objective as a sentence-transformers loss module.
 
-    L = L_DCL + lambda_coral * L_coral                                    (PAPER.md, components 1-3)
+    L = L_DCL + lambda_coral * L_coral                                    (docs/paper.md, components 1-3)
 
 - Component 1, modality-aware temperature: logits S_ij = cos(e_qi, e_dj) / tau(q_i, d_j), tau from the model's
   per-modality ``log_temperature`` and the items' ``modality_mask`` (:func:`~e5omni.train.losses.functional.pair_temperature`).

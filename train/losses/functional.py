@@ -1,4 +1,4 @@
-"""Functional core of the e5-omni alignment losses (../shared/PAPER.md, components 1-3).
+"""Functional core of the e5-omni alignment losses (the paper's components 1-3, docs/losses.md).
 
 Every function takes embeddings / logits, never raw inputs, so each piece is unit-tested on hand-computed values and
 the modules in :mod:`e5omni.train.losses.e5omni` stay thin. Conventions (the docs and external checks rely on them):
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from modeling_e5omni.configuration_e5omni import MODALITIES  # the one definition (order of log_temperature)
+from modeling_e5omni.modeling_e5omni import instance_temperature, pair_temperature  # component 1: one definition
 
 __all__ = [
     "MODALITIES",
@@ -64,57 +65,10 @@ def fp32_math(device: torch.device | str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------- component 1: temperature calibration
-def _check_modality_mask(mask: Tensor, num_modalities: int, name: str) -> Tensor:
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor of shape (rows, {num_modalities}), got {_describe(mask)}")
-    if mask.ndim != 2 or mask.shape[1] != num_modalities:
-        raise ValueError(f"{name} must have shape (rows, {num_modalities}), got {tuple(mask.shape)}")
-    empty = (~mask.any(dim=1)).nonzero().flatten()
-    if empty.numel():
-        raise ValueError(
-            f"{name}: item(s) {empty.tolist()[:10]} have no modality; every item needs at least one of {MODALITIES}"
-        )
-    return mask
-
-
 def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"Tensor(dtype={value.dtype}, shape={tuple(value.shape)})"
     return type(value).__name__
-
-
-def instance_temperature(log_temperature: Tensor, modality_mask: Tensor) -> Tensor:
-    """Instance temperature tau(x) = w(x)^T tau, with w_m(x) = 1[m in M(x)] / |M(x)|.
-
-    Args:
-        log_temperature: ``(M,)`` log tau per modality.
-        modality_mask: ``(B, M)`` bool, True where item b contains modality m.
-
-    Returns:
-        ``(B,)`` the mean of tau over the modalities present in each item.
-    """
-    tau = _fp32(log_temperature).exp()  # (M,)
-    if tau.ndim != 1:
-        raise ValueError(f"log_temperature must have shape (M,), got {tuple(log_temperature.shape)}")
-    mask = _check_modality_mask(modality_mask, tau.shape[0], "modality_mask")
-    weights = mask.to(tau.dtype)  # (B, M)
-    return (weights @ tau) / weights.sum(dim=1)  # (B,)
-
-
-def pair_temperature(log_temperature: Tensor, query_modality: Tensor, doc_modality: Tensor) -> Tensor:
-    """Pair temperature tau(q, p) = (tau(q) + tau(p)) / 2 for every query/candidate pair.
-
-    Args:
-        log_temperature: ``(M,)`` log tau per modality (the model's ``log_temperature`` parameter).
-        query_modality: ``(B, M)`` bool modality mask of the queries.
-        doc_modality: ``(N, M)`` bool modality mask of the candidates.
-
-    Returns:
-        ``(B, N)`` temperatures; the logit of a pair is ``cos(e_q, e_p) / tau(q, p)``.
-    """
-    tau_q = instance_temperature(log_temperature, query_modality)  # (B,)
-    tau_d = instance_temperature(log_temperature, doc_modality)  # (N,)
-    return (tau_q[:, None] + tau_d[None, :]) / 2  # (B, N)
 
 
 # ------------------------------------------------------------------------- component 2: curriculum + debiased loss
