@@ -98,8 +98,15 @@ class OmniItem:
 _ITEM_KEYS = frozenset({"text", "image", "audio", "video", "instruction"})
 
 
-def check_item(item: Any, index: int, modalities: list[str] | tuple[str, ...] = MODALITIES) -> None:
-    """Structural validation without decoding anything: types, keys, emptiness, modality support."""
+def check_item(
+    item: Any, index: int | None, modalities: list[str] | tuple[str, ...] = MODALITIES
+) -> tuple[bool, bool, bool, bool]:
+    """Structural validation without decoding anything: types, keys, emptiness, modality support.
+
+    Returns which of `MODALITIES` (text, image, audio, video) the item carries. This is the one item check: the
+    training data loaders call it too, so training accepts exactly the items `encode` accepts. Array shapes, dtypes
+    and file contents are checked when the item is decoded (`load_audio`, `load_video`, `load_image`).
+    """
     if item is None:
         raise E5OmniInputError("got None; expected a str, a PIL image or a dict of text/image/audio/video", index)
     if isinstance(item, str | Image.Image):
@@ -140,6 +147,7 @@ def check_item(item: Any, index: int, modalities: list[str] | tuple[str, ...] = 
     missing = [m for m in present if m not in modalities]
     if missing:
         raise UnsupportedModalityError(f"this checkpoint takes {list(modalities)}, but the item has {missing}", index)
+    return tuple(m in present for m in MODALITIES)  # type: ignore[return-value]
 
 
 def check_items(items: Any, modalities=MODALITIES) -> list:

@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image
 
 from e5omni.data import (
@@ -38,6 +39,7 @@ from e5omni.data import (
     to_corpus,
     validate_example,
 )
+from modeling_e5omni.processing_e5omni import E5OmniInputError, check_item
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,6 +101,7 @@ def test_item_modalities_accepts_every_form_of_the_model_api():
     assert item_modalities("img.png") == (True, False, False, False)  # a str is text, even if it looks like a path
     assert item_modalities(_image()) == (False, True, False, False)
     assert item_modalities({"image": "x.png"}) == (False, True, False, False)
+    assert item_modalities({"image": Path("x.png")}) == (False, True, False, False)
     assert item_modalities({"audio": audio}) == (False, False, True, False)
     assert item_modalities({"audio": _tone()}) == (False, False, True, False)
     assert item_modalities({"audio": "a.wav"}) == (False, False, True, False)
@@ -111,31 +114,87 @@ def test_item_modalities_accepts_every_form_of_the_model_api():
     assert pair_name({"query": "q", "positive": "p", "pair": "custom"}) == "custom"
 
 
+def _encode_forms() -> list:
+    """Item forms `encode` accepts that the data module used to refuse: tensors, integer and 2-D audio."""
+    tone = _tone()
+    frames = np.full((2, 32, 32, 3), 90, dtype=np.uint8)
+    return [
+        {"video": torch.from_numpy(frames)},
+        {"audio": torch.from_numpy(tone)},
+        {"audio": {"array": torch.from_numpy(tone), "sampling_rate": 16_000}},
+        {"audio": (tone * 32767).astype(np.int16)},
+        {"audio": {"array": (tone * 32767).astype(np.int32), "sampling_rate": np.int64(8_000)}},
+        {"audio": np.stack([tone, tone], axis=1)},  # (samples, channels)
+        {"audio": np.stack([tone, tone]).astype(np.float64), "text": "stereo"},  # (channels, samples)
+        {"text": "mixed", "image": _image(9, 32), "video": torch.from_numpy(frames), "audio": tone},
+    ]
+
+
+def test_every_item_form_encode_accepts_passes_validation(omni_model):
+    """Training and encode share one item check: what encode embeds, validate_example and content_hash accept."""
+    forms = _encode_forms()
+    embeddings = omni_model.encode_document(forms)
+    assert embeddings.shape[0] == len(forms) and torch.isfinite(embeddings).all()
+    mask = omni_model.processor(forms)["modality_mask"]
+    for i, form in enumerate(forms):
+        validate_example({"query": "q", "positive": form, "negatives": [form]}, i)
+        assert item_modalities(form, i) == tuple(mask[i].tolist())
+        assert check_item(form, i) == item_modalities(form, i)
+        content_hash(form)
+    assert content_hash(forms[1]) == content_hash(forms[2])  # a bare 16 kHz tensor == the same in a dict
+
+
 @pytest.mark.parametrize(
-    "item, fragment",
+    "item",
     [
-        (None, "got NoneType"),
-        (["a", "b"], "got list"),
-        (3, "got int"),
-        (np.zeros(3, dtype=np.float32), "got ndarray"),
-        ({}, "no content"),
-        ({"instruction": "only"}, "no content"),
-        ({"txt": "typo"}, "unknown key"),
-        ({"text": 5}, "'text' must be a str"),
-        ({"image": 5}, "'image' must be a PIL"),
-        ({"audio": np.zeros((2, 3), dtype=np.float32)}, "'audio' must be"),
-        ({"audio": np.zeros(3, dtype=np.int16)}, "'audio' must be"),
-        ({"audio": {"array": _tone(), "rate": 16_000}}, "'audio' must be"),
-        ({"audio": {"array": _tone(), "sampling_rate": 0}}, "not a positive int"),
-        ({"video": np.zeros((4, 8, 8, 3), dtype=np.float32)}, "'video' must be a uint8"),
-        ({"video": np.zeros((8, 8, 3), dtype=np.uint8)}, "'video' must be a uint8"),
+        None,
+        ["a", "b"],
+        3,
+        np.zeros(3, dtype=np.float32),
+        {},
+        {"instruction": "only"},
+        {"txt": "typo"},
+        {"text": 5},
+        {"instruction": 5, "text": "t"},
+        {"image": 5},
+        {"image": np.zeros((8, 8, 3), dtype=np.uint8)},
+        {"audio": [0.0, 0.1]},
+        {"video": [[0]]},
     ],
 )
-def test_item_modalities_rejects_unknown_items_with_a_typed_error(item, fragment):
-    with pytest.raises(InvalidItemError, match="item 7") as info:
+def test_item_modalities_refuses_what_encode_refuses_with_the_same_message(item):
+    with pytest.raises(E5OmniInputError) as model_error:
+        check_item(item, 7)
+    with pytest.raises(InvalidItemError, match="item 7") as data_error:
         item_modalities(item, index=7)
-    assert fragment in str(info.value)
-    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+    assert str(data_error.value) == str(model_error.value)
+    assert data_error.value.index == 7
+    assert isinstance(data_error.value, DataError) and isinstance(data_error.value, E5OmniInputError)
+    with pytest.raises(BadRowError) as row_error:
+        validate_example({"query": "q", "positive": "p", "negatives": [item]}, 4)
+    assert str(row_error.value) == f"row 4: negatives[0]: {_message_without_index(item)}"
+
+
+def _message_without_index(item) -> str:
+    try:
+        check_item(item, None)
+    except E5OmniInputError as err:
+        return str(err)
+    raise AssertionError("expected a refusal")
+
+
+def test_array_contents_are_checked_when_decoded_as_in_encode(omni_model):
+    """item_modalities checks types and keys (cheap); shapes, dtypes and sample rates are the decoder's, for both."""
+    odd = [
+        ({"video": np.zeros((4, 8, 8, 3), dtype=np.float32)}, "video array must be uint8"),
+        ({"video": np.zeros((8, 8, 3), dtype=np.uint8)}, "video array must be uint8"),
+        ({"audio": {"array": _tone()}}, "audio dict must have 'array' and 'sampling_rate'"),
+        ({"audio": np.zeros((2, 3, 4), dtype=np.float32)}, "audio must be 1-D"),
+    ]
+    for item, message in odd:
+        validate_example({"query": "q", "positive": item}, 0)
+        with pytest.raises(E5OmniInputError, match=message):
+            omni_model.encode_document([item])
 
 
 def test_validate_example_names_role_and_index():
@@ -161,6 +220,12 @@ def test_content_hash_equal_for_equal_content():
     assert content_hash({"audio": tone}) == content_hash({"audio": {"array": tone.copy(), "sampling_rate": 16_000}})
     assert content_hash({"audio": tone}) == content_hash({"audio": tone.astype(np.float64)})  # compared as float32
     assert content_hash({"video": video}) == content_hash({"video": video.copy()})
+    assert content_hash({"video": video}) == content_hash({"video": torch.from_numpy(video)})  # a tensor = its array
+    assert content_hash({"audio": tone}) == content_hash({"audio": torch.from_numpy(tone)})
+    samples = (tone * 32767).astype(np.int16)
+    assert content_hash({"audio": samples}) == content_hash(
+        {"audio": {"array": samples.copy(), "sampling_rate": 16_000}}
+    )
     assert content_hash({"image": "/m/a.png"}) == content_hash({"image": Path("/m/a.png")})
     assert content_hash({"text": "t", "image": _image(1)}) == content_hash({"image": _image(1), "text": "t"})
 
@@ -182,6 +247,9 @@ def test_content_hash_differs_for_different_content():
         {"audio": _tone()},
         {"audio": {"array": _tone(), "sampling_rate": 8_000}},
         {"audio": _tone(freq=441.0)},
+        {"audio": np.arange(8, dtype=np.int16)},  # integer samples are rescaled by the processor: not == float ones
+        {"audio": np.arange(8, dtype=np.float32)},
+        {"audio": np.arange(8, dtype=np.float32).reshape(4, 2)},  # 2-D (mixed down by the processor)
         {"video": video},
         {"video": changed_video},
         {"video": video[:3]},

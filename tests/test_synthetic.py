@@ -29,6 +29,8 @@ from e5omni.data.synthetic import (
     split_scenes,
     to_corpus,
 )
+from modeling_e5omni import E5OmniConfig
+from modeling_e5omni.processing_e5omni import normalize_item
 
 REPO = Path(__file__).resolve().parents[1]
 _CAPTION = re.compile(
@@ -164,8 +166,11 @@ def test_all_pairs_present_and_balanced():
 
 
 def test_items_match_their_pair_and_the_model_api():
+    config = E5OmniConfig()  # the omni backbone: every modality
     for e in build_synthetic("train", n=3 * len(PAIRS), seed=1):
-        validate_example(e)
+        validate_example(e)  # the model's own item check (types and keys)
+        for i, item in enumerate([e["query"], e["positive"], *e["negatives"]]):
+            normalize_item(item, i, config)  # and its decoder (shapes, dtypes, sample rates), as in encode
         query_sig, doc_sig = e["pair"].split("->")
         assert modality_signature(e["query"]) == query_sig
         assert modality_signature(e["positive"]) == doc_sig

@@ -34,11 +34,13 @@ def load_data_spec(
     synthetic_size: int | None = None,
     synthetic_seed: int = 0,
     synthetic_difficulty: float | None = None,
+    synthetic_pairs: Sequence[str] | None = None,
 ) -> Sequence[dict[str, Any]]:
     """Examples named by `spec` (see the module docstring).
 
     `split` is the default split for `hub:` specs without one. `synthetic_size` examples are generated for
-    `synthetic:train` (None: the generator's default; the test split always has its fixed size). `limit` keeps the
+    `synthetic:train` (None: the generator's default; the test split always has its fixed size); `synthetic_pairs`
+restricts the synthetic set to some modality pairs (e.g. without audio for a Qwen2-VL backbone). `limit` keeps the
     first examples. Raises `DataSpecError` for a spec that cannot be read and when nothing is left.
     """
     if not isinstance(spec, str) or not spec:
@@ -51,7 +53,7 @@ def load_data_spec(
             raise DataSpecError(f"unknown synthetic split {which!r} in {spec!r}; use synthetic:train or synthetic:test")
         n = synthetic_size if which == "train" else None
         examples: Sequence[dict[str, Any]] = build_synthetic(
-            which, n=n, seed=synthetic_seed, difficulty=synthetic_difficulty
+            which, n=n, seed=synthetic_seed, difficulty=synthetic_difficulty, pairs=synthetic_pairs
         )
     elif spec.startswith("hub:"):
         from e5omni.data import load_hub_dataset

@@ -1,0 +1,73 @@
+"""The errors of `e5omni.data`: one base class (`DataError`), and where a problem is (file, row, column)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modeling_e5omni.processing_e5omni import E5OmniInputError
+
+
+class DataError(ValueError):
+    """Base class of every dataset problem raised here, so callers can catch one type."""
+
+
+class InvalidItemError(DataError, E5OmniInputError):
+    """An item that ``model.encode`` refuses too: raised from the model's own ``check_item``, with its message.
+
+    Both a DataError (one ``except`` for every dataset problem) and the model's E5OmniInputError (``.index`` is the
+    item's position, when one was given).
+    """
+
+    @classmethod
+    def from_input_error(cls, err: E5OmniInputError) -> InvalidItemError:
+        """The same message and index as ``err``, raised as a data problem."""
+        invalid = cls(str(err))
+        invalid.index = err.index
+        return invalid
+
+
+class BadRowError(DataError):
+    """A row of a dataset file or `datasets.Dataset` does not follow the schema.
+
+    ``source`` is the file (or "dataset"), ``row`` the 1-based line number for files or the 0-based index for
+    datasets, so the message points at the exact place to fix.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, row: int | None = None):
+        self.source = source
+        self.row = row
+        super().__init__(f"{_prefix(source, row)}{message}")
+
+
+class UnsafeMediaPathError(DataError):
+    """A media path from a dataset would read outside the media root (``..``, absolute, URL, escaping symlink)."""
+
+    def __init__(self, path: str, reason: str, *, source: str | None = None, row: int | None = None, column=None):
+        self.path, self.reason, self.source, self.row, self.column = path, reason, source, row, column
+        super().__init__(f"{_prefix(source, row, column)}refusing media path {path!r}: {reason}")
+
+
+class MissingMediaError(DataError, FileNotFoundError):
+    """A (safe) media path points at nothing; caught at load time instead of in the middle of training."""
+
+    def __init__(self, path: str, resolved: Path, *, source: str | None = None, row: int | None = None, column=None):
+        self.path, self.resolved, self.source, self.row, self.column = path, resolved, source, row, column
+        super().__init__(f"{_prefix(source, row, column)}media file {path!r} not found (looked for {resolved})")
+
+
+def _where(source: str | None, row: int | None, column: str | None = None) -> str:
+    """Human location of a problem: "data.jsonl line 3, column 'query.image'", "row 5" (datasets), or ""."""
+    parts = []
+    if source:
+        parts.append(source)
+    if row is not None:
+        parts.append(f"line {row}" if source and source != "dataset" else f"row {row}")
+    where = " ".join(parts)
+    if column is not None:
+        where = f"{where}, column {column!r}" if where else f"column {column!r}"
+    return where
+
+
+def _prefix(source: str | None, row: int | None, column: str | None = None) -> str:
+    where = _where(source, row, column)
+    return f"{where}: " if where else ""
