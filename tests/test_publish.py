@@ -20,6 +20,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 
+from e5omni.cli.publish import add_push_parser
 from e5omni.publish import (
     ConcurrentUpdateError,
     DisallowedFileError,
@@ -31,7 +32,6 @@ from e5omni.publish import (
     RemoteCodeReferenceError,
     SecretInFolderError,
     VisibilityError,
-    add_push_parser,
     check_manifest,
     push_folder,
     verify_push,

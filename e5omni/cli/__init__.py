@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     from e5omni.cli.evaluate import add_eval_parser
-    from e5omni.publish import add_push_parser
+    from e5omni.cli.publish import add_push_parser
 
     add_eval_parser(sub)
     add_push_parser(sub)

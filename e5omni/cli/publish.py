@@ -1,0 +1,92 @@
+"""`e5omni push FOLDER --repo-id ID ...`: the command line of `e5omni.publish`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from e5omni.publish import (
+    DEFAULT_COMMIT_MESSAGE,
+    PublishError,
+    push_folder,
+    redact,
+    resolve_token,
+    verify_folder,
+    verify_push,
+)
+
+
+def add_push_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `e5omni push FOLDER --repo-id ID ...` to a `argparse` subparsers object."""
+    p = subparsers.add_parser(
+        "push",
+        help="publish a saved model folder to the Hub in one atomic commit (or --dry-run it)",
+        description=(
+            "Publish FOLDER (weights, code, processor, sentence-transformers files) plus calibration.json, "
+            "manifest.json and the model card in one commit. Pickles and code referencing other repos are refused."
+        ),
+    )
+    p.add_argument("folder", help="a folder written by save_hub_folder / e5omni convert / the trainer")
+    p.add_argument("--repo-id", required=True, help="owner/name on the Hub")
+    p.add_argument("--revision", default=None, help="branch to commit to (default main; created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private (refused if it exists public)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="Hub token; prefer the HF_TOKEN environment variable (a command-line token shows in ps and history)",
+    )
+    p.add_argument("--dry-run", metavar="DIR", default=None, help="write the staged commit to DIR; send nothing")
+    p.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE)
+    p.add_argument(
+        "--card-context",
+        metavar="JSON",
+        default=None,
+        help="JSON file with model-card context: metrics, training, loss, base_model, datasets, eval_dataset, ...",
+    )
+    p.add_argument(
+        "--keep-stale-files", action="store_true", help="keep files of the target revision that are not in FOLDER"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="reload what was committed (downloads the commit; with --dry-run, the staged DIR) and compare embeddings",
+    )
+    p.set_defaults(func=run_push_command)
+    return p
+
+
+def run_push_command(args: argparse.Namespace) -> int:
+    """The `e5omni push` command. Returns 0 on success, 1 on a failed verification, 2 on a refused push."""
+    context = None
+    if args.card_context:
+        context = json.loads(Path(args.card_context).read_text(encoding="utf-8"))
+        if not isinstance(context, dict):
+            print("push: --card-context must hold a JSON object", file=sys.stderr)
+            return 2
+    token = args.token
+    try:
+        result = push_folder(
+            args.folder,
+            args.repo_id,
+            revision=args.revision,
+            private=args.private,
+            create_pr=args.create_pr,
+            token=token,
+            commit_message=args.commit_message,
+            dry_run_dir=args.dry_run,
+            model_card_context=context,
+            delete_stale=not args.keep_stale_files,
+        )
+        if args.verify:
+            if result.dry_run:
+                verified = verify_folder(args.folder, result.dry_run_dir)
+            else:
+                verified = verify_push(args.folder, result.repo_id, result.commit_oid, token=token)
+            return 0 if verified.ok else 1
+    except PublishError as err:
+        print(f"push: {redact(str(err), resolve_token(token))}", file=sys.stderr)
+        return 2
+    return 0
