@@ -70,3 +70,38 @@ from e5omni.publish.stage import (
 )
 from e5omni.publish.tokens import redact, resolve_token
 from e5omni.publish.verify import VerifyResult, probe_items, verify_folder, verify_push
+
+__all__ = [
+    "ALLOWED_BINARY_NAMES",
+    "ALLOWED_SUFFIXES",
+    "ConcurrentUpdateError",
+    "DEFAULT_COMMIT_MESSAGE",
+    "DisallowedFileError",
+    "FolderCheckError",
+    "GENERATED",
+    "HubError",
+    "IncompleteFolderError",
+    "InvalidFileError",
+    "MANIFEST_FORMAT",
+    "MissingCodeFileError",
+    "PICKLE_SUFFIXES",
+    "PickleFileError",
+    "PublishError",
+    "PushResult",
+    "REQUIRED_FILES",
+    "RemoteCodeReferenceError",
+    "SecretInFolderError",
+    "StagedFile",
+    "VerificationError",
+    "VerifyResult",
+    "VisibilityError",
+    "check_manifest",
+    "probe_items",
+    "push_folder",
+    "redact",
+    "resolve_token",
+    "stage_folder",
+    "verify_folder",
+    "verify_push",
+    "write_staged",
+]
