@@ -32,6 +32,12 @@ NEVER_USED_PARAMETERS: dict[str, tuple[str, ...]] = {
     "qwen2_5_omni_thinker": ("backbone.audio_tower.audio_bos_eos_token.",),
 }
 
+#: The media towers of the backbones, with the inputs that reach each one.
+MEDIA_TOWERS: dict[str, tuple[str, ...]] = {
+    "visual": ("pixel_values", "pixel_values_videos"),
+    "audio_tower": ("input_features",),
+}
+
 # Inputs the backbones accept; anything else in a features dict (modality_mask, content_hash, ...) stays here.
 BACKBONE_INPUTS = (
     "input_ids",
@@ -290,6 +296,11 @@ class E5OmniModel(E5OmniPreTrainedModel):
         backbone_inputs = {k: v for k, v in inputs.items() if k in BACKBONE_INPUTS and v is not None}
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_inputs)
         hidden = outputs.last_hidden_state  # (B, L, D)
+        if self.training and torch.is_grad_enabled():
+            anchor = self._absent_tower_anchor(backbone_inputs)
+            if anchor is not None:
+                # adds exactly 0.0, on the hidden states because the sentence-transformers path pools those itself
+                hidden = hidden + anchor.to(hidden.dtype)
         pooled = last_token_pool(hidden, attention_mask).float()  # (B, D), fp32 from here on
         unit = nn.functional.normalize(pooled, dim=-1)
         if self.training and torch.is_grad_enabled() and self.config.track_whitening_stats:
@@ -301,6 +312,23 @@ class E5OmniModel(E5OmniPreTrainedModel):
             )
         embeddings = unit if self.config.normalize else pooled
         return E5OmniOutput(embeddings=embeddings, last_hidden_state=hidden, modality_mask=modality_mask)
+
+    def _absent_tower_anchor(self, backbone_inputs: dict) -> torch.Tensor | None:
+        """A scalar 0.0 that depends on every trainable parameter of the media towers this batch does not reach.
+
+        DDP with `find_unused_parameters=False` (the only mode that works when the loss runs the model once per
+        column before one backward) needs every trainable parameter to receive a gradient on every rank at every
+        step. A text->image batch never reaches the audio tower, and a rank whose shard holds no video may not reach
+        parts of the vision tower, so those towers would get no gradient and DDP would stop at the start of the next
+        step. Adding this zero gives them a zero gradient (what they would get from an absent input) instead.
+        """
+        terms = []
+        for name, keys in MEDIA_TOWERS.items():
+            tower = getattr(self.backbone, name, None)
+            if tower is None or any(backbone_inputs.get(key) is not None for key in keys):
+                continue
+            terms += [p.reshape(-1)[:1].float() for p in tower.parameters() if p.requires_grad]
+        return torch.cat(terms).sum() * 0.0 if terms else None
 
     def refresh_whitening(self) -> None:
         """Recompute `whitening_matrix` from the running statistics (the trainer calls this before saving)."""

@@ -4,6 +4,7 @@ package folder in the distribution, and the documented entry points working from
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile

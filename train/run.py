@@ -32,6 +32,10 @@ class DataArguments:
     synthetic_size: int = field(default=512, metadata={"help": "examples to generate for synthetic:train"})
     synthetic_difficulty: float = field(default=0.5, metadata={"help": "difficulty of the synthetic dataset"})
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic dataset"})
+    synthetic_pairs: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated modality pairs of the synthetic set, e.g. text->image,image->text (all)"},
+    )
     release_dir: str | None = field(default=None, metadata={"help": "also write a merged Hub-ready folder here"})
 
     def __post_init__(self):
@@ -54,6 +58,7 @@ def load_examples(spec: str, data: DataArguments, split: str = "train"):
         synthetic_size=data.synthetic_size,
         synthetic_seed=data.synthetic_seed,
         synthetic_difficulty=data.synthetic_difficulty,
+        synthetic_pairs=[p.strip() for p in data.synthetic_pairs.split(",") if p.strip()] if data.synthetic_pairs else None,
     )
 
 

@@ -1,0 +1,168 @@
+"""Multi-process training as users launch it: every trainable parameter gets a gradient on every rank at every step
+(DDP with find_unused_parameters=False checks this at the START of the next step, so one-step runs cannot see it),
+and `torchrun --nproc_per_node 2` with batch B equals one process with batch 2B over several steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from e5omni.tiny import BACKBONES, build_tiny_model
+from modeling_e5omni.sentence_e5omni import sentence_transformer
+from tests.conftest import make_audio, make_image, make_video
+
+REPO = Path(__file__).resolve().parents[1]
+VL_PAIRS = "text->image,image->text,text->video,video->text,text+image->video"
+
+
+def _items(modalities) -> list:
+    items: list = ["a red circle", {"text": "a caption", "image": make_image(1)}, make_image(2)]
+    items.append({"video": make_video(3)})
+    if "audio" in modalities:
+        items += [{"audio": make_audio(4)}, {"audio": make_audio(5), "video": make_video(6)}]
+    return items
+
+
+def _missing_gradients(model, items, path: str = "model") -> list[str]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    if path == "model":
+        model(**model.processor(items, role="document")).embeddings.sum().backward()
+    else:  # what the trainer runs: sentence-transformers pools the module's token embeddings itself
+        st = sentence_transformer(model, model.processor)
+        st.train()
+        st(st[0].preprocess(items))["sentence_embedding"].sum().backward()
+    # log tau is read by the loss, not the forward (the trainer freezes it when temperatures are off)
+    return [
+        n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and not n.startswith("alignment.")
+    ]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_trainable_parameter_gets_a_gradient_with_all_modalities(backbone):
+    model, processor = build_tiny_model(backbone, seed=0)
+    model.set_processor(processor)
+    assert _missing_gradients(model, _items(model.config.modalities)) == []
+    expected_frozen = ["backbone.audio_tower.audio_bos_eos_token.weight"] if backbone == "qwen2.5-omni" else []
+    assert model.never_used_parameters() == expected_frozen
+
+
+@pytest.mark.parametrize("path", ["model", "sentence-transformers"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_a_text_only_batch_still_reaches_every_trainable_parameter(backbone, path):
+    """What a rank holding only text (or a group_by_pair batch of text->text) does: the media towers get a zero
+    gradient, and the embeddings are exactly those of eval mode."""
+    model, processor = build_tiny_model(backbone, seed=0)
+    model.set_processor(processor)
+    assert _missing_gradients(model, ["a red circle", "two blue squares"], path) == []
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.visual.") and p.requires_grad]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+    features = processor(["a red circle"], role="document")
+    model.train()
+    trained = model(**features).embeddings
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(trained.detach(), model(**features).embeddings)
+
+
+def test_frozen_parameters_stay_frozen_after_loading(tmp_path):
+    from transformers import AutoModel
+
+    from e5omni.release import save_hub_folder
+
+    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
+    folder = save_hub_folder(model, processor, tmp_path / "m")
+    loaded = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    frozen = [n for n, p in loaded.named_parameters() if not p.requires_grad]
+    assert frozen == ["backbone.audio_tower.audio_bos_eos_token.weight"]
+
+
+# --------------------------------------------------------------------------------------------- real multi-process
+def _train_cmd(out: Path, backbone: str, batch: int, steps: int, *extra: str) -> list[str]:
+    cmd = [
+        "-m",
+        "e5omni.cli",
+        "train",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--model_name_or_path",
+        f"tiny:{backbone}",
+        "--synthetic_size",
+        "64",
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        str(batch),
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--temperature_lr",
+        "0.05",
+        "--curriculum_warmup_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+    if backbone != "qwen2.5-omni":
+        cmd += ["--synthetic_pairs", VL_PAIRS]
+    return cmd
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _losses(folder: Path) -> dict[int, float]:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def _run(cmd: list[str], port: int | None = None, nproc: int = 1) -> None:
+    launcher = [sys.executable]
+    if port is not None:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+    result = subprocess.run(launcher + cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def _two_equals_one(tmp_path: Path, backbone: str, port: int, steps: int = 6) -> None:
+    single, double = tmp_path / "single", tmp_path / "double"
+    _run(_train_cmd(single, backbone, 4, steps))
+    _run(_train_cmd(double, backbone, 2, steps, "--ddp_backend", "gloo"), port=port, nproc=2)
+    one, two = _losses(single), _losses(double)
+    assert sorted(one) == sorted(two) == list(range(1, steps + 1))
+    # Two ranks of 2 gather to the same 4-row batch the single process sees (measured max |dloss| ~2e-6).
+    worst = max(abs(one[s] - two[s]) for s in one)
+    assert worst < 1e-4, (one, two)
+    # Batches of 2 per rank over 6 steps: some rank batches lack audio or video, so this also exercises the towers'
+    # zero gradients; DDP would have stopped at the start of step 2 otherwise.
+
+
+def test_two_processes_equal_one_process_over_six_steps_qwen2_5_omni(tmp_path):
+    _two_equals_one(tmp_path, "qwen2.5-omni", 29541)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,port", [("qwen2-vl", 29542), ("qwen2.5-vl", 29543)])
+def test_two_processes_equal_one_process_over_six_steps_vl(tmp_path, backbone, port):
+    _two_equals_one(tmp_path, backbone, port)
+
+
+def test_two_processes_with_homogeneous_batches(tmp_path):
+    """group_by_pair: every rank batch is one modality pair, so most batches leave a tower unreached."""
+    _run(
+        _train_cmd(tmp_path / "grouped", "qwen2.5-omni", 4, 4, "--group_by_pair", "true", "--ddp_backend", "gloo"),
+        29544,
+        2,
+    )
+    assert sorted(_losses(tmp_path / "grouped")) == [1, 2, 3, 4]
