@@ -55,7 +55,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="rho_init must be in"):
         E5OmniTrainingArguments(output_dir="x", rho_init=1.5, report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match="temperature_min <= temperature_init"):
-        E5OmniTrainingArguments(output_dir="x", temperature_init=5.0, report_to="none", use_cpu=True)
+        E5OmniTrainingArguments(
+            output_dir="x", temperature_init=5.0, temperature_max=1.0, report_to="none", use_cpu=True
+        )
 
 
 def test_examples_without_enough_negatives_are_named(tmp_path):
@@ -233,29 +235,6 @@ def test_resume_after_kill_reproduces_the_loss_curve(tmp_path):
     final_resumed = AutoModel.from_pretrained(killed, trust_remote_code=True)
     assert torch.allclose(final_full.log_temperature, final_resumed.log_temperature, atol=1e-6)
     assert torch.allclose(final_full.alignment.whitening_mean, final_resumed.alignment.whitening_mean, atol=1e-6)
-
-
-def test_two_process_gloo_first_step_equals_union_batch(tmp_path):
-    single, double = tmp_path / "single", tmp_path / "double"
-    common = ["--max_steps", "1", "--save_strategy", "no"]
-    subprocess.run(
-        _train_cmd(single, *common, "--per_device_train_batch_size", "8"),
-        check=True,
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-    )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    result = subprocess.run(
-        torchrun + _train_cmd(double, *common, "--per_device_train_batch_size", "4", "--ddp_backend", "gloo")[1:],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    one, two = _losses(single)[1], _losses(double)[1]
-    assert abs(one - two) < 1e-4, (one, two)
 
 
 def test_push_to_hub_goes_through_the_atomic_push(tmp_path):

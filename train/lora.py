@@ -25,7 +25,17 @@ DEFAULT_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_pr
 LORA_CONFIG_FILE = "lora_config.json"
 
 
-def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] | None = None):
+def lora_config(
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: str | list[str] | None = None,
+    *,
+    use_dora: bool = False,
+    use_rslora: bool = False,
+):
+    """LoRA (or DoRA with `use_dora`; rank-stabilised scaling alpha / sqrt(r) with `use_rslora`) on the language
+    model's attention and MLP projections."""
     from peft import LoraConfig
 
     if r < 1:
@@ -38,6 +48,8 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modu
         lora_dropout=dropout,
         target_modules=target_modules or DEFAULT_LORA_TARGETS,
         bias="none",
+        use_dora=use_dora,
+        use_rslora=use_rslora,
     )
 
 

@@ -58,13 +58,54 @@ def load_examples(spec: str, data: DataArguments, split: str = "train"):
         synthetic_size=data.synthetic_size,
         synthetic_seed=data.synthetic_seed,
         synthetic_difficulty=data.synthetic_difficulty,
-        synthetic_pairs=[p.strip() for p in data.synthetic_pairs.split(",") if p.strip()] if data.synthetic_pairs else None,
+        synthetic_pairs=[p.strip() for p in data.synthetic_pairs.split(",") if p.strip()]
+        if data.synthetic_pairs
+        else None,
     )
 
 
+#: trl ModelConfig fields this recipe cannot honour, with why; setting one to anything but its default is refused.
+UNSUPPORTED_MODEL_ARGS = {
+    "lora_modules_to_save": "LoRA stays on the language model; the alignment state is always trained and saved",
+    "lora_target_parameters": "LoRA targets modules of the language model (lora_target_modules)",
+    "lora_task_type": "an embedding model has no task head; peft's task type does not apply",
+}
+
+
+def check_model_args(model_args) -> None:
+    """Refuse trl ModelConfig fields that would otherwise be accepted and silently ignored."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(model_args)}
+    refused = [
+        f"--{name} {getattr(model_args, name)!r}: {why}"
+        for name, why in UNSUPPORTED_MODEL_ARGS.items()
+        if name in defaults and getattr(model_args, name) != defaults[name]
+    ]
+    if refused:
+        raise ValueError("unsupported model arguments:\n  - " + "\n  - ".join(refused))
+
+
+def _dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return None
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"--dtype {name!r} is not a torch dtype (float32, bfloat16, float16 or auto)")
+    return dtype
+
+
 def load_model(model_args, dtype=None):
-    """`tiny[:backbone][@seed]` builds the embedded default; otherwise a folder / Hub id of ours or a convertible one."""
+    """`tiny[:backbone][@seed]` builds the embedded default; otherwise a folder / Hub id of ours or a convertible one.
+
+    `--dtype` and `--attn_implementation` of trl's ModelConfig apply to both (the alignment state stays fp32)."""
     from trl import get_quantization_config
+
+    check_model_args(model_args)
+    dtype = dtype if dtype is not None else _dtype(getattr(model_args, "dtype", None))
+    attention = getattr(model_args, "attn_implementation", None)
 
     from e5omni.tiny import build_tiny_model
     from modeling_e5omni import E5OmniModel, E5OmniProcessor
@@ -75,6 +116,10 @@ def load_model(model_args, dtype=None):
         backbone, _, seed = spec.partition("@")
         model, processor = build_tiny_model(backbone, seed=int(seed or 0))
         model.set_processor(processor)
+        if dtype is not None:
+            model = model.to(dtype)
+        if attention is not None:
+            model.set_attn_implementation(attention)
         return model
     quantization = get_quantization_config(model_args)
     kwargs = {"revision": model_args.model_revision}
@@ -86,6 +131,8 @@ def load_model(model_args, dtype=None):
         kwargs["quantization_config"] = quantization
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(name, trust_remote_code=True, revision=model_args.model_revision)
@@ -122,7 +169,15 @@ def train_main(argv: list[str] | None = None) -> dict:
     if model_args.use_peft:
         peft = get_peft_config(model_args)
         targets = model_args.lora_target_modules
-        model = apply_lora(model, lora_config(peft.r, peft.lora_alpha, peft.lora_dropout, targets or None))
+        config = lora_config(
+            peft.r,
+            peft.lora_alpha,
+            peft.lora_dropout,
+            targets or None,
+            use_dora=model_args.use_dora,
+            use_rslora=model_args.use_rslora,
+        )
+        model = apply_lora(model, config)
     trainer = E5OmniTrainer(model, training_args, train_examples, eval_examples=eval_examples)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,23 @@ logger = logging.getLogger(__name__)
 class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
     """Training arguments of the e5-omni recipe (defaults: the paper's, see docs/losses.md and docs/paper.md)."""
 
-    temperature_init: float = field(default=0.02, metadata={"help": "initial tau_0 for every modality"})
+    temperature_init: float | None = field(
+        default=None,
+        metadata={
+            "help": "if set, every modality's tau starts here (overwrites the loaded model's log tau and its "
+            "config.temperature_init); unset: the model's own (a fresh model's config.temperature_init, a trained "
+            "checkpoint's learned values). Also the fixed tau when use_temperature is false."
+        },
+    )
     temperature_lr: float | None = field(default=None, metadata={"help": "learning rate of log tau (default: lr)"})
-    temperature_min: float = field(default=0.005, metadata={"help": "tau is clamped to [min, max] after each step"})
-    temperature_max: float = field(default=1.0, metadata={"help": "upper clamp of tau"})
+    temperature_min: float | None = field(
+        default=None,
+        metadata={
+            "help": "tau is clamped to [min, max] after each step; unset: the model's config (0.005); set: "
+            "written to the model's config too, so the saved model states the clamp it was trained with"
+        },
+    )
+    temperature_max: float | None = field(default=None, metadata={"help": "upper clamp of tau (unset: config, 1.0)"})
     use_temperature: bool = field(default=True, metadata={"help": "modality-aware temperatures (component 1)"})
     use_curriculum: bool = field(default=True, metadata={"help": "negative curriculum (component 2)"})
     use_dcl: bool = field(default=True, metadata={"help": "debiased contrastive loss (component 2)"})
@@ -57,7 +71,14 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
     gamma_plus: float = field(default=0.1, metadata={"help": "DCL positive prior gamma_plus"})
     dcl_eps: float = field(default=1e-6, metadata={"help": "DCL floor, relative to exp(S_ii)"})
     lambda_coral: float = field(default=0.05, metadata={"help": "weight of the CORAL term"})
-    whitening_eps: float = field(default=1e-4, metadata={"help": "relative jitter of batch whitening"})
+    batch_whitening_eps: float = field(
+        default=1e-4,
+        metadata={
+            "help": "diagonal jitter of the loss's batch whitening, relative to the batch covariance's trace "
+            "(delta = eps * tr(C)); not the model's whitening_eps, which is relative to the mean eigenvalue of the "
+            "running covariance and defines the inference whitening matrix"
+        },
+    )
     num_negatives: int | None = field(default=None, metadata={"help": "hard negatives per query (default: data's)"})
     gradcache_mini_batch_size: int | None = field(
         default=None, metadata={"help": "GradCache mini-batch size; unset = plain loss"}
@@ -67,13 +88,22 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
     def __post_init__(self):
         if self.ddp_find_unused_parameters is None:
             # The loss runs the model once per column before one backward; DDP's unused-parameter search then marks
-            # parameters ready twice. Every parameter is used every step (log tau is frozen when temperatures are off).
+            # parameters ready twice. Every trainable parameter gets a gradient every step instead: parameters no
+            # forward uses are frozen, absent media towers get a zero gradient, log tau is frozen when temperatures
+            # are off.
             self.ddp_find_unused_parameters = False
+        elif self.ddp_find_unused_parameters:
+            raise ValueError(
+                "ddp_find_unused_parameters=True cannot work with this loss: it runs the model once per column "
+                "(query, positive, negatives) before one backward, and DDP's unused-parameter search then marks "
+                "parameters ready twice. Leave it unset: every trainable parameter receives a gradient at every step."
+            )
         super().__post_init__()
         problems = []
-        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+        given = [t for t in (self.temperature_min, self.temperature_init, self.temperature_max) if t is not None]
+        if any(not 0 < t for t in given) or given != sorted(given):
             problems.append(
-                "need 0 < temperature_min <= temperature_init <= temperature_max, got "
+                "need 0 < temperature_min <= temperature_init <= temperature_max (those that are set), got "
                 f"{self.temperature_min}, {self.temperature_init}, {self.temperature_max}"
             )
         if self.temperature_lr is not None and self.temperature_lr < 0:
@@ -100,14 +130,35 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
         kwargs = {
             name: getattr(self, name) for name in accepted if name not in ("self", "model") and hasattr(self, name)
         }
-        kwargs["temperature"] = self.temperature_init
+        kwargs["whitening_eps"] = self.batch_whitening_eps
+        if self.temperature_init is not None:
+            kwargs["temperature"] = self.temperature_init
         return kwargs
 
 
+def _apply_temperature_args(model: E5OmniModel, args: E5OmniTrainingArguments) -> None:
+    """The temperature arguments that are set win over the model's config, and are written into it (saved)."""
+    config = model.config
+    low = args.temperature_min if args.temperature_min is not None else config.temperature_min
+    high = args.temperature_max if args.temperature_max is not None else config.temperature_max
+    init = args.temperature_init if args.temperature_init is not None else config.temperature_init
+    if not 0 < low <= init <= high:
+        raise ValueError(
+            f"need 0 < temperature_min <= temperature_init <= temperature_max, got {low}, {init}, {high} "
+            "(from the training arguments where set, else the model's config)"
+        )
+    config.temperature_min, config.temperature_max, config.temperature_init = low, high, init
+    if args.temperature_init is not None:
+        with torch.no_grad():
+            model.log_temperature.fill_(math.log(args.temperature_init))
+
+
 def build_loss(model: SentenceTransformer, args: E5OmniTrainingArguments):
+    kwargs = args.loss_kwargs()
+    kwargs.setdefault("temperature", model[0].auto_model.config.temperature_init)
     if args.gradcache_mini_batch_size:
-        return CachedE5OmniLoss(model, mini_batch_size=args.gradcache_mini_batch_size, **args.loss_kwargs())
-    return E5OmniLoss(model, **args.loss_kwargs())
+        return CachedE5OmniLoss(model, mini_batch_size=args.gradcache_mini_batch_size, **kwargs)
+    return E5OmniLoss(model, **kwargs)
 
 
 class _AlignmentCallback(TrainerCallback):
@@ -117,7 +168,8 @@ class _AlignmentCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        clamp_temperatures_(self.trainer.e5omni_model, args.temperature_min, args.temperature_max)
+        config = self.trainer.e5omni_model.config
+        clamp_temperatures_(self.trainer.e5omni_model, config.temperature_min, config.temperature_max)
 
 
 class E5OmniTrainer(SentenceTransformerTrainer):
@@ -147,6 +199,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
             raise TypeError(f"args must be E5OmniTrainingArguments, got {type(args).__name__}")
         st = model if isinstance(model, SentenceTransformer) else sentence_transformer(model)
         self.e5omni_model = st[0].auto_model
+        _apply_temperature_args(self.e5omni_model, args)
         if not args.use_temperature:  # unused by the loss: frozen, so DDP sees no parameter without a gradient
             self.e5omni_model.log_temperature.requires_grad_(False)
         config = self.e5omni_model.config
