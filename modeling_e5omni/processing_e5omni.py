@@ -3,10 +3,18 @@
 An *item* is one of
 
 - a `str`: always text, never read as a path or a URL;
-- a `PIL.Image.Image`;
-- a `dict` with any of the keys ``"text"``, ``"image"`` (PIL image or path), ``"audio"`` (``{"array", "sampling_rate"}``,
-  a 1-D 16 kHz float array, or a path), ``"video"`` (uint8 array ``(T, H, W, 3)`` or a path), and ``"instruction"``
-  (query side; rendered after the query prompt, before the text).
+- a `PIL.Image.Image`, or a 3-D image array (numpy array or torch tensor), the same as ``{"image": array}``;
+- a `dict` with any of the keys ``"text"``, ``"image"`` (PIL image, image array or path), ``"audio"``
+  (``{"array", "sampling_rate"}``, a 1-D 16 kHz float array, or a path), ``"video"`` (uint8 frames ``(T, H, W, 3)`` or
+  ``(T, 3, H, W)``, or a path), and ``"instruction"`` (query side; rendered after the query prompt, before the text).
+
+Image arrays (numpy or torch) are ``(H, W)`` greyscale or ``(H, W, C)`` / ``(C, H, W)`` with C = 1 (greyscale), 3 (RGB)
+or 4 (RGBA; alpha dropped, as for a PIL RGBA image), uint8, or float in [0, 1] scaled like torchvision's
+``to_pil_image`` (``mul(255)`` then truncation to uint8). They become the PIL image ``Image.fromarray`` makes of the
+channels-last uint8 pixels, so they embed exactly like that image. A layout whose channel axis cannot be told (both
+ends, or neither, of size 1/3/4; for videos both or neither of dims 1 and 3 of size 3) is refused, never guessed.
+Audio is never a bare array: a bare 1-D, 2-D or 4-D array is refused (wrap it as ``{"audio": ...}``, ``{"image": ...}``
+or ``{"video": ...}``).
 
 Paths are only ever taken from the media keys. Every item becomes one user message: its media parts (image, audio,
 video, in that order) then one text part (prompt + instruction + text), rendered with the backbone chat template
@@ -96,6 +104,14 @@ class OmniItem:
 
 
 _ITEM_KEYS = frozenset({"text", "image", "audio", "video", "instruction"})
+_ARRAY = np.ndarray | torch.Tensor
+IMAGE_LAYOUTS = "(H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4"
+VIDEO_LAYOUTS = "(T, H, W, 3) or (T, 3, H, W)"
+
+
+def _is_numeric_array(value: Any) -> bool:
+    """A numpy array or torch tensor of numbers (numpy arrays of str/objects are containers, not media)."""
+    return isinstance(value, torch.Tensor) or (isinstance(value, np.ndarray) and value.dtype.kind in "biuf")
 
 
 def check_item(
@@ -111,6 +127,15 @@ def check_item(
         raise E5OmniInputError("got None; expected a str, a PIL image or a dict of text/image/audio/video", index)
     if isinstance(item, str | Image.Image):
         present = ["text"] if isinstance(item, str) else ["image"]
+    elif isinstance(item, _ARRAY):
+        if not _is_numeric_array(item) or item.ndim != 3:
+            raise E5OmniInputError(
+                f"a bare {type(item).__name__} of shape {tuple(item.shape)} is not an item: only a 3-D array is taken "
+                "as an image, (H, W, C) or (C, H, W) with C = 1, 3 or 4; pass other arrays under their key: "
+                f"{{'image': (H, W) greyscale}}, {{'audio': samples}} or {{'video': frames {VIDEO_LAYOUTS}}}",
+                index,
+            )
+        present = ["image"]
     elif isinstance(item, dict):
         unknown = set(item) - _ITEM_KEYS
         if unknown:
@@ -124,8 +149,10 @@ def check_item(
         for key in ("text", "instruction"):
             if item.get(key) is not None and not isinstance(item[key], str):
                 raise E5OmniInputError(f"{key!r} must be a str, got {type(item[key]).__name__}", index)
-        if item.get("image") is not None and not isinstance(item["image"], Image.Image | str | os.PathLike):
-            raise E5OmniInputError(f"'image' must be a PIL image or a path, got {type(item['image']).__name__}", index)
+        if item.get("image") is not None and not isinstance(item["image"], Image.Image | str | os.PathLike | _ARRAY):
+            raise E5OmniInputError(
+                f"'image' must be a PIL image, an image array or a path, got {type(item['image']).__name__}", index
+            )
         audio = item.get("audio")
         if audio is not None and not isinstance(audio, dict | np.ndarray | torch.Tensor | str | os.PathLike):
             raise E5OmniInputError(
@@ -134,14 +161,14 @@ def check_item(
                 index,
             )
         video = item.get("video")
-        if video is not None and not isinstance(video, np.ndarray | torch.Tensor | str | os.PathLike):
+        if video is not None and not isinstance(video, _ARRAY | str | os.PathLike):
             raise E5OmniInputError(
-                f"'video' must be a uint8 array (T, H, W, 3) or a path, got {type(video).__name__}", index
+                f"'video' must be a uint8 array {VIDEO_LAYOUTS} or a path, got {type(video).__name__}", index
             )
     else:
         raise E5OmniInputError(
-            f"unsupported item type {type(item).__name__}; expected a str (text), a PIL.Image.Image, or a dict with "
-            "keys text/image/audio/video/instruction",
+            f"unsupported item type {type(item).__name__}; expected a str (text), a PIL.Image.Image, a 3-D image "
+            "array, or a dict with keys text/image/audio/video/instruction",
             index,
         )
     missing = [m for m in present if m not in modalities]
@@ -154,7 +181,7 @@ def check_items(items: Any, modalities=MODALITIES) -> list:
     """Validate a list of items (cheap: nothing is decoded) and return it as a list."""
     if items is None:
         raise E5OmniInputError("items is None; expected a non-empty list of items")
-    if isinstance(items, str | dict | Image.Image):
+    if isinstance(items, str | dict | Image.Image) or _is_numeric_array(items):
         raise E5OmniInputError(
             f"expected a list of items, got a single {type(items).__name__}; wrap it in a list: [item]"
         )
@@ -186,10 +213,58 @@ def _local_path(value, index: int, kind: str, allow_remote: bool) -> Path | byte
     return path
 
 
+def _channel_axis(shape: tuple[int, ...], axes: tuple[int, int], channels: tuple[int, ...]) -> int | None:
+    """The one axis of `axes` whose size is a channel count, or None when both or neither are (ambiguous)."""
+    hits = [axis for axis in axes if shape[axis] in channels]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _ambiguous_layout(kind: str, shape: tuple[int, ...], axes: tuple[int, int], channels, layouts: str, index):
+    sizes = "/".join(map(str, channels))
+    first, last = axes
+    if all(shape[axis] in channels for axis in axes):
+        reason = f"dims {first} and {last} both have size {sizes}"
+    else:
+        reason = f"neither dim {first} nor dim {last} has size {sizes}"
+    return E5OmniInputError(
+        f"cannot tell the channel axis of {kind} array of shape {shape}: {reason}; accepted layouts: {layouts}", index
+    )
+
+
+def image_from_array(value, index: int) -> Image.Image:
+    """An image array or tensor -> the PIL image of its channels-last uint8 pixels (see the module docstring)."""
+    shape = tuple(value.shape)
+    if not _is_numeric_array(value) or value.ndim not in (2, 3):
+        raise E5OmniInputError(
+            f"image array must be {IMAGE_LAYOUTS}, got {type(value).__name__} of shape {shape}", index
+        )
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    floating = value.is_floating_point() if isinstance(value, torch.Tensor) else value.dtype.kind == "f"
+    if not floating and value.dtype != (torch.uint8 if isinstance(value, torch.Tensor) else np.uint8):
+        raise E5OmniInputError(f"image array must be uint8 or float in [0, 1], got {value.dtype}", index)
+    if value.ndim == 3:
+        axis = _channel_axis(shape, (0, 2), (1, 3, 4))
+        if axis is None:
+            raise _ambiguous_layout("image", shape, (0, 2), (1, 3, 4), IMAGE_LAYOUTS, index)
+        if axis == 0:
+            value = value.permute(1, 2, 0) if isinstance(value, torch.Tensor) else value.transpose(1, 2, 0)
+        if value.shape[2] == 1:
+            value = value[:, :, 0]
+    if value.shape[0] == 0 or value.shape[1] == 0:
+        raise MediaDecodeError(f"image has no pixels ({value.shape[1]}x{value.shape[0]})", index)
+    if floating:  # torchvision's to_pil_image: scale by 255 and truncate, which only means something on [0, 1]
+        low, high = float(value.min()), float(value.max())
+        if not (0.0 <= low and high <= 1.0):  # also False for NaN
+            raise E5OmniInputError(f"float image array must lie in [0, 1], got values in [{low}, {high}]", index)
+        value = value.mul(255).byte() if isinstance(value, torch.Tensor) else (value * 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(value.numpy() if isinstance(value, torch.Tensor) else value))
+
+
 def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
-    """Decode an image path (or pass an in-memory image through), refusing oversized headers before decoding."""
-    if isinstance(value, Image.Image):
-        image = value
+    """Decode an image path (or take an in-memory image or array), refusing oversized headers before decoding."""
+    if isinstance(value, Image.Image | _ARRAY):
+        image = value if isinstance(value, Image.Image) else image_from_array(value, index)
         width, height = image.size
         if width * height > config.max_decode_pixels:
             raise MediaTooLargeError(
@@ -319,14 +394,25 @@ def _read_audio_av(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks).astype(np.float32), rate
 
 
+def video_frames_from_array(value, index: int | None) -> np.ndarray:
+    """A uint8 video array or tensor, (T, H, W, 3) or channels-first (T, 3, H, W), as (T, H, W, 3) frames."""
+    frames = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    if frames.ndim != 4 or frames.dtype != np.uint8 or 3 not in (frames.shape[1], frames.shape[3]):
+        raise E5OmniInputError(
+            f"video array must be uint8 of shape {VIDEO_LAYOUTS}, got {frames.dtype} {tuple(frames.shape)}", index
+        )
+    axis = _channel_axis(frames.shape, (1, 3), (3,))
+    if axis is None:
+        raise _ambiguous_layout("video", tuple(frames.shape), (1, 3), (3,), VIDEO_LAYOUTS, index)
+    return frames.transpose(0, 2, 3, 1) if axis == 1 else frames
+
+
 def load_video(value, index: int, config: E5OmniConfig) -> np.ndarray:
-    """Video -> uint8 frames (T, H, W, 3), at most `max_frames`, sampled at `fps` (files: by seeking)."""
-    if isinstance(value, np.ndarray | torch.Tensor):
-        frames = np.asarray(value)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise E5OmniInputError(
-                f"video array must be uint8 of shape (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}", index
-            )
+    """Video -> uint8 frames (T, H, W, 3), at most `max_frames`, sampled at `fps` (files: by seeking).
+
+    Arrays and tensors may also be channels-first (T, 3, H, W) (torchvision, mteb); (T, 3, H, 3) is refused."""
+    if isinstance(value, _ARRAY):
+        frames = video_frames_from_array(value, index)
         if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
             raise E5OmniInputError(f"video array is empty: shape {tuple(frames.shape)}", index)
         if frames.shape[1] * frames.shape[2] > config.max_decode_pixels:
@@ -374,7 +460,7 @@ def normalize_item(item, index: int, config: E5OmniConfig) -> OmniItem:
     """Decode one (already checked) item into an `OmniItem`."""
     if isinstance(item, str):
         return OmniItem(text=item)
-    if isinstance(item, Image.Image):
+    if isinstance(item, Image.Image | _ARRAY):  # a bare array is checked to be 3-D: an image
         return OmniItem(image=load_image(item, index, config))
     out = OmniItem(text=item.get("text"), instruction=item.get("instruction"))
     if item.get("image") is not None:
@@ -596,6 +682,7 @@ __all__ = [
     "RemoteMediaError",
     "OmniItem",
     "check_items",
+    "image_from_array",
     "normalize_item",
     "slice_features",
 ]

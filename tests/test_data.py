@@ -157,7 +157,7 @@ def test_every_item_form_encode_accepts_passes_validation(omni_model):
         {"text": 5},
         {"instruction": 5, "text": "t"},
         {"image": 5},
-        {"image": np.zeros((8, 8, 3), dtype=np.uint8)},
+        {"image": [[0]]},
         {"audio": [0.0, 0.1]},
         {"video": [[0]]},
     ],
@@ -656,3 +656,17 @@ def test_to_corpus_dedups_documents_and_merges_queries():
     assert rc.pairs == ["text->image", "text->text"]
     only_positives = to_corpus(examples[:1], include_negatives=False)
     assert list(only_positives.corpus) == ["d00000"] and only_positives.candidates == {"text->image": ["d00000"]}
+
+
+def test_content_hash_treats_equivalent_array_layouts_as_one_item():
+    """The collator masks duplicates by hash: forms that embed identically must hash identically."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    pil = Image.fromarray(pixels)
+    same_image = [pil, {"image": pil}, pixels, {"image": pixels}, torch.from_numpy(pixels).permute(2, 0, 1)]
+    assert len({content_hash(form) for form in same_image}) == 1
+    frames = rng.integers(0, 256, (2, 8, 10, 3), dtype=np.uint8)
+    first = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+    same_video = [{"video": frames}, {"video": first}, {"video": torch.from_numpy(first)}]
+    assert len({content_hash(form) for form in same_video}) == 1
+    assert content_hash({"video": frames}) != content_hash({"video": frames[::-1].copy()})

@@ -8,11 +8,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from e5omni.data.errors import BadRowError, InvalidItemError
 from modeling_e5omni.configuration_e5omni import MODALITIES
-from modeling_e5omni.processing_e5omni import SAMPLING_RATE, E5OmniInputError, check_item
+from modeling_e5omni.processing_e5omni import (
+    SAMPLING_RATE,
+    E5OmniInputError,
+    check_item,
+    image_from_array,
+    video_frames_from_array,
+)
 
 MEDIA_KEYS: tuple[str, ...] = MODALITIES[1:]
 ITEM_KEYS: tuple[str, ...] = (*MODALITIES, "instruction")
@@ -90,7 +97,8 @@ def content_hash(item: Any) -> int:
 
     Used by the collator to mask duplicates as negatives of each other: two items that would embed identically must
     hash equally, so the forms the model treats as the same are canonicalised first: ``"x"`` == ``{"text": "x"}``,
-    ``img`` == ``{"image": img}``, a bare audio array == ``{"array": a, "sampling_rate": 16000}``, float audio arrays
+    ``img`` == ``{"image": img}`` (and an image array hashes like the PIL image it becomes; a channels-first video like
+    its channels-last frames), a bare audio array == ``{"array": a, "sampling_rate": 16000}``, float audio arrays
     are compared as float32 (what the processor feeds the feature extractor), and a torch tensor hashes like the
     ndarray it holds. Images hash by mode, size and pixels; arrays by dtype, shape and bytes (integer audio keeps its
     dtype, so it never collides with float audio of the same values, which embeds differently); paths by their string
@@ -100,7 +108,7 @@ def content_hash(item: Any) -> int:
     item_modalities(item)  # validate first: a hash of garbage would silently never match
     if isinstance(item, str):
         item = {"text": item}
-    elif isinstance(item, Image.Image):
+    elif isinstance(item, Image.Image | np.ndarray | torch.Tensor):  # a bare array is an image, as for encode
         item = {"image": item}
     digest = hashlib.blake2b(digest_size=8)
     for key in ITEM_KEYS:  # fixed order, independent of dict insertion order
@@ -118,6 +126,8 @@ def _hash_value(digest: Any, key: str, value: Any) -> None:
         digest.update(b"s" + value.encode("utf-8"))
     elif _is_path(value):
         digest.update(b"p" + os.fsencode(os.fspath(value)))
+    elif key == "image" and isinstance(value, np.ndarray | torch.Tensor):  # the pixels the model sees, any layout
+        _hash_value(digest, key, image_from_array(value, None))
     elif isinstance(value, Image.Image):
         digest.update(f"i{value.mode}:{value.size[0]}x{value.size[1]}:".encode())
         digest.update(value.tobytes())
@@ -127,8 +137,8 @@ def _hash_value(digest: Any, key: str, value: Any) -> None:
         else:
             array, rate = value, AUDIO_SAMPLING_RATE
         _hash_array(digest, _audio_samples(array), prefix=f"a{rate}:")
-    else:  # video frames
-        _hash_array(digest, value, prefix="v")
+    else:  # video frames, channels-last whatever layout they came in
+        _hash_array(digest, video_frames_from_array(value, None), prefix="v")
 
 
 def _audio_samples(array: Any) -> np.ndarray:
