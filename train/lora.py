@@ -9,11 +9,15 @@ regex below.
 Checkpoints keep the LoRA layers in the weights and write `lora_config.json` next to them (a record of the run); a
 resumed run continues exactly because the trainer loads the checkpoint's weights into the model that already carries
 the same LoRA layers (`E5OmniTrainer._load_from_checkpoint`). Release folders are merged (`merge_lora`) and so are
-self-contained; `save_adapter` writes an adapter-only folder for users who want one.
+self-contained; `save_adapter` writes a standard peft adapter folder for users who want one, which plain
+`peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base, trust_remote_code=True), folder)` loads fully:
+the LoRA weights under peft's own key names, and the alignment module (temperatures and whitening buffers) as
+peft's `modules_to_save`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -23,6 +27,11 @@ from torch import nn
 #: Attention and MLP projections of the language model's decoder layers, for every backbone we serve.
 DEFAULT_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 LORA_CONFIG_FILE = "lora_config.json"
+#: The submodule holding the alignment state (`log_temperature` and the whitening buffers); an adapter folder names it
+#: in `modules_to_save`, so peft restores all of it (peft saves a wrapped module's whole `state_dict()`, buffers too).
+ALIGNMENT_MODULE = "alignment"
+#: What peft puts in front of the base model's own key names (`PeftModel.base_model` is the LoraModel, `.model` ours).
+PEFT_KEY_PREFIX = "base_model.model."
 
 
 def lora_config(
@@ -100,17 +109,39 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return merged
 
 
-def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
-    """An adapter-only folder: adapter_model.safetensors (LoRA weights + log_temperature) and adapter_config.json."""
+def save_adapter(
+    model: nn.Module, folder: str | os.PathLike, base_model_name_or_path: str | os.PathLike | None = None
+) -> Path:
+    """A standard peft adapter folder of a model that carries LoRA layers (`apply_lora`); returns the folder.
+
+    `adapter_model.safetensors` holds what `PeftModel.save_pretrained` would write for the same model wrapped by
+    `peft.get_peft_model(model, config)` with `modules_to_save=["alignment"]`: the LoRA weights as
+    `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` and the alignment module's whole state (the learned
+    `log_temperature` and the whitening buffers) as `base_model.model.alignment.<name>`. `adapter_config.json` is the
+    run's LoraConfig with `modules_to_save`, `base_model_name_or_path` (the argument, else the folder or Hub id the
+    model was loaded from; none for a model built in memory) and `inference_mode` set as peft's own save sets them.
+    So `PeftModel.from_pretrained(AutoModel.from_pretrained(base, trust_remote_code=True), folder)` restores the
+    trained model exactly, and `.merge_and_unload()` gives the merged release model. Whitening is refreshed first,
+    as for a release. Written here rather than by wrapping a copy in a PeftModel, which would hold the weights twice.
+    """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     if not has_lora(model):
         raise ValueError("the model has no LoRA layers to save")
+    model.refresh_whitening()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    state["alignment.log_temperature"] = model.alignment.log_temperature.detach().contiguous()
+    state = {PEFT_KEY_PREFIX + k: v for k, v in get_peft_model_state_dict(model).items()}
+    alignment = getattr(model, ALIGNMENT_MODULE).state_dict()
+    state.update({f"{PEFT_KEY_PREFIX}{ALIGNMENT_MODULE}.{k}": v for k, v in alignment.items()})
+    state = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    model._e5omni_lora_config.save_pretrained(str(folder))
+    config = copy.deepcopy(model._e5omni_lora_config)
+    config.modules_to_save = [ALIGNMENT_MODULE]
+    config.base_model_name_or_path = str(base_model_name_or_path or model.config._name_or_path or "") or None
+    config.inference_mode = True
+    # what peft writes for a model without a task type, so AutoPeftModel can find the base class too
+    auto_mapping = {"base_model_class": type(model).__name__, "parent_library": type(model).__module__}
+    config.save_pretrained(str(folder), auto_mapping_dict=auto_mapping)
     return folder

@@ -37,6 +37,13 @@ class DataArguments:
         metadata={"help": "comma-separated modality pairs of the synthetic set, e.g. text->image,image->text (all)"},
     )
     release_dir: str | None = field(default=None, metadata={"help": "also write a merged Hub-ready folder here"})
+    adapter_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --use_peft true: also write a standard peft adapter folder here (LoRA weights + alignment "
+            "state), loadable with peft.PeftModel.from_pretrained(base_model, adapter_dir)"
+        },
+    )
 
     def __post_init__(self):
         if self.max_train_examples is not None and self.max_train_examples < 1:
@@ -157,10 +164,12 @@ def parse_recipe(argv: list[str] | None = None):
 def train_main(argv: list[str] | None = None) -> dict:
     from trl import get_peft_config
 
-    from e5omni.train.lora import apply_lora, lora_config
+    from e5omni.train.lora import apply_lora, lora_config, save_adapter
     from e5omni.train.trainer import E5OmniTrainer
 
     model_args, data_args, training_args = parse_recipe(argv)
+    if data_args.adapter_dir and not model_args.use_peft:
+        raise ValueError("--adapter_dir writes a LoRA adapter and needs --use_peft true (this run trains in full)")
     train_examples = load_examples(data_args.train_data, data_args, "train")
     if data_args.max_train_examples:
         train_examples = train_examples[: data_args.max_train_examples]
@@ -185,6 +194,8 @@ def train_main(argv: list[str] | None = None) -> dict:
         trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
     summary = {"train_loss": result.training_loss, "global_step": result.global_step}
     summary["temperatures"] = trainer.e5omni_model.temperatures
+    if data_args.adapter_dir and trainer.is_world_process_zero():  # before the release, which merges LoRA in place
+        summary["adapter_dir"] = str(save_adapter(trainer.e5omni_model, data_args.adapter_dir))
     if data_args.release_dir:
         summary["release_dir"] = str(trainer.save_release(data_args.release_dir, overwrite=True))
     print(json.dumps(summary))
