@@ -196,6 +196,22 @@ def _text_kwargs(tokenizer, vocab_size: int) -> dict:
     }
 
 
+#: The Qwen2.5 vision tower (windowed attention, shared by the Omni thinker and Qwen2.5-VL), tiny.
+_QWEN2_5_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 56,
+    "out_hidden_size": TEXT_HIDDEN,
+    "fullatt_block_indexes": [1],
+    "initializer_range": INIT_STD,
+}
+
+
 def build_backbone_config(backbone: str, tokenizer):
     """A tiny backbone config whose special-token ids come from `tokenizer`."""
     vocab_size = len(tokenizer)
@@ -205,19 +221,7 @@ def build_backbone_config(backbone: str, tokenizer):
 
         return Qwen2_5OmniThinkerConfig(
             text_config=_text_kwargs(tokenizer, vocab_size),
-            vision_config={
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "window_size": 56,
-                "out_hidden_size": TEXT_HIDDEN,
-                "fullatt_block_indexes": [1],
-                "initializer_range": INIT_STD,
-            },
+            vision_config=dict(_QWEN2_5_VISION),
             audio_config={
                 "num_mel_bins": 128,
                 "encoder_layers": 2,
@@ -255,19 +259,7 @@ def build_backbone_config(backbone: str, tokenizer):
     cls = Qwen2VLConfig
     if backbone == "qwen2.5-vl":
         cls = Qwen2_5_VLConfig
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "out_hidden_size": TEXT_HIDDEN,
-            "fullatt_block_indexes": [1],
-            "initializer_range": INIT_STD,
-        }
+        vision = dict(_QWEN2_5_VISION)
     else:
         vision["hidden_size"] = TEXT_HIDDEN  # Qwen2-VL's merger projects to vision_config.hidden_size
     return cls(

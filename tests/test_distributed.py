@@ -4,10 +4,6 @@ and `torchrun --nproc_per_node 2` with batch B equals one process with batch 2B 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ import torch
 
 from e5omni.tiny import BACKBONES, build_tiny_model
 from modeling_e5omni.sentence_e5omni import sentence_transformer
+from tests.cli_runs import logged_losses, run, train_args
 from tests.conftest import make_audio, make_image, make_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,61 +82,19 @@ def test_frozen_parameters_stay_frozen_after_loading(tmp_path):
 
 # --------------------------------------------------------------------------------------------- real multi-process
 def _train_cmd(out: Path, backbone: str, batch: int, steps: int, *extra: str) -> list[str]:
-    cmd = [
-        "-m",
-        "e5omni.cli",
-        "train",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--model_name_or_path",
-        f"tiny:{backbone}",
-        "--synthetic_size",
-        "64",
-        "--max_steps",
-        str(steps),
-        "--per_device_train_batch_size",
-        str(batch),
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "no",
-        "--temperature_lr",
-        "0.05",
-        "--curriculum_warmup_steps",
-        "2",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(out),
-        *extra,
-    ]
-    if backbone != "qwen2.5-omni":
-        cmd += ["--synthetic_pairs", VL_PAIRS]
-    return cmd
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-def _losses(folder: Path) -> dict[int, float]:
-    state = json.loads((folder / "trainer_state.json").read_text())
-    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+    pairs = () if backbone == "qwen2.5-omni" else ("--synthetic_pairs", VL_PAIRS)
+    return train_args(out, *extra, *pairs, steps=steps, batch=batch, model_name_or_path=f"tiny:{backbone}")
 
 
 def _run(cmd: list[str], port: int | None = None, nproc: int = 1) -> None:
-    launcher = [sys.executable]
-    if port is not None:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
-    result = subprocess.run(launcher + cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    run(cmd, nproc=nproc if port is not None else None, port=port)
 
 
 def _two_equals_one(tmp_path: Path, backbone: str, port: int, steps: int = 6) -> None:
     single, double = tmp_path / "single", tmp_path / "double"
     _run(_train_cmd(single, backbone, 4, steps))
     _run(_train_cmd(double, backbone, 2, steps, "--ddp_backend", "gloo"), port=port, nproc=2)
-    one, two = _losses(single), _losses(double)
+    one, two = logged_losses(single), logged_losses(double)
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     # Two ranks of 2 gather to the same 4-row batch the single process sees (measured max |dloss| ~2e-6).
     worst = max(abs(one[s] - two[s]) for s in one)
@@ -165,4 +120,4 @@ def test_two_processes_with_homogeneous_batches(tmp_path):
         29544,
         2,
     )
-    assert sorted(_losses(tmp_path / "grouped")) == [1, 2, 3, 4]
+    assert sorted(logged_losses(tmp_path / "grouped")) == [1, 2, 3, 4]

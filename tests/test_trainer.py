@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from e5omni.data.synthetic import build_synthetic
 from e5omni.tiny import build_tiny_model
 from e5omni.train.lora import apply_lora, lora_config, lora_targets
 from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+from tests.cli_runs import env, logged_losses, train_args
 from tests.conftest import make_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,55 +160,18 @@ def test_gradcache_first_step_equals_plain(tmp_path):
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "e5omni.cli",
-        "train",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--synthetic_size",
-        "64",
-        "--max_steps",
-        "16",
-        "--per_device_train_batch_size",
-        "8",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "4",
-        "--temperature_lr",
-        "0.05",
-        "--curriculum_warmup_steps",
-        "2",
-        "--disable_tqdm",
-        "true",
-        "--output_dir",
-        str(out),
-        *extra,
-    ]
-
-
-def _losses(folder: Path) -> dict[int, float]:
-    state = json.loads((folder / "trainer_state.json").read_text())
-    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return [sys.executable, *train_args(out, *extra, save_strategy="steps", save_steps=4)]
 
 
 @pytest.mark.slow
 def test_resume_after_kill_reproduces_the_loss_curve(tmp_path):
     full = tmp_path / "full"
-    subprocess.run(_train_cmd(full), check=True, env=_env(), cwd=REPO, capture_output=True)
-    reference = _losses(full)
+    subprocess.run(_train_cmd(full), check=True, env=env(), cwd=REPO, capture_output=True)
+    reference = logged_losses(full)
     assert sorted(reference) == list(range(1, 17))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_train_cmd(killed), env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = killed / "checkpoint-4" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -225,10 +188,10 @@ def test_resume_after_kill_reproduces_the_loss_curve(tmp_path):
     start = int(last.name.split("-")[1])
     assert start < 16, "the run finished before it could be killed"
     resumed = subprocess.run(
-        _train_cmd(killed, "--resume_from_checkpoint", str(last)), env=_env(), cwd=REPO, capture_output=True, text=True
+        _train_cmd(killed, "--resume_from_checkpoint", str(last)), env=env(), cwd=REPO, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = _losses(killed)
+    after = logged_losses(killed)
     for step in range(start + 1, 17):
         assert abs(after[step] - reference[step]) < 1e-5, (step, after[step], reference[step])
     final_full = AutoModel.from_pretrained(full, trust_remote_code=True)

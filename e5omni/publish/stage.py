@@ -268,7 +268,7 @@ def stage_folder(
     if missing or not any(p.endswith(".safetensors") for p in staged_paths):
         raise IncompleteFolderError(
             f"{folder} lacks {missing or 'safetensors weights'}: every e5-omni repo serves both entry paths "
-            "(AutoModel and SentenceTransformer); write the folder with e5omni.convert.save_hub_folder",
+            "(AutoModel and SentenceTransformer); write the folder with e5omni.release.save_hub_folder",
             path=(missing or ["model.safetensors"])[0],
         )
 
