@@ -64,7 +64,7 @@ def save_hub_folder(model, processor, out: str | os.PathLike, overwrite: bool = 
             raise FileExistsError(f"{out} is not empty; save into a fresh folder (or pass overwrite=True)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    st = sentence_transformer(model, processor)
+    st = sentence_transformer(model, processor, requirements=requirements())
     st.save(str(out), create_model_card=False)
     # The first module was saved from our pip package; a Hub repo must name the file that ships next to the weights.
     modules_path = out / "modules.json"
@@ -73,10 +73,6 @@ def save_hub_folder(model, processor, out: str | os.PathLike, overwrite: bool = 
     modules_path.write_text(json.dumps(modules, indent=2) + "\n")
     module_file = sentence_module_file()
     shutil.copy(module_file, out / module_file.name)
-    st_config_path = out / "config_sentence_transformers.json"
-    st_config = json.loads(st_config_path.read_text())
-    st_config["requirements"] = requirements()
-    st_config_path.write_text(json.dumps(st_config, indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -4,7 +4,7 @@
     e5omni eval MODEL --data synthetic:test|FILE|hub:NAME[:split] [--output metrics.json] [--markdown table.md] [--plots DIR]
     e5omni push FOLDER --repo-id ID [--revision BRANCH] [--private] [--create-pr] [--dry-run DIR]
     e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
-    e5omni encode MODEL --text "..." [--image PATH] [--audio PATH] [--video PATH] [--query]
+    e5omni encode MODEL [--text STR | --image PATH | --audio PATH | --video PATH | --item JSON | --items FILE.jsonl]... [--query] [--batch-size N] [--output FILE.npy]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
     e5omni demo [--output-dir DIR]
 
@@ -33,14 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init_tiny)
 
-    p = sub.add_parser("encode", help="embed one item with a saved model and print the vector as JSON")
-    p.add_argument("model")
-    p.add_argument("--text")
-    p.add_argument("--image")
-    p.add_argument("--audio")
-    p.add_argument("--video")
-    p.add_argument("--query", action="store_true", help="encode as a query (adds the query prompt)")
-    p.set_defaults(func=cmd_encode)
+    from e5omni.cli.model import add_encode_parser
+
+    # several items: one per --text/--image/--audio/--video flag, --item JSON (modalities combined), --items FILE.jsonl
+    add_encode_parser(sub).set_defaults(func=cmd_encode)
 
     p = sub.add_parser("convert", help="convert a released e5-omni checkpoint or a base backbone to our format")
     p.add_argument("src", help="local folder or Hub id")
