@@ -81,6 +81,14 @@ def test_every_package_folder_is_in_the_distribution():
 
 
 def test_wheel_holds_only_our_namespaces_and_the_card_template(tmp_path):
+    # Built from a clean copy: setuptools reuses build/lib, where files of an older layout would linger, and a build in
+    # the checkout would leave build/ behind.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "demo-output", "__pycache__", "runs"),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -92,7 +100,7 @@ def test_wheel_holds_only_our_namespaces_and_the_card_template(tmp_path):
             "--no-build-isolation",
             "-w",
             str(tmp_path),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,

@@ -615,7 +615,10 @@ def _groups(model: nn.Module, weight_decay: float, temperature_lr: float) -> lis
     """What the trainer builds: weights with decay, log tau alone without decay and with its own lr."""
     tau = model.alignment.log_temperature
     rest = [p for p in model.parameters() if p is not tau]
-    return [{"params": rest, "weight_decay": weight_decay}, {"params": [tau], "weight_decay": 0.0, "lr": temperature_lr}]
+    return [
+        {"params": rest, "weight_decay": weight_decay},
+        {"params": [tau], "weight_decay": 0.0, "lr": temperature_lr},
+    ]
 
 
 def test_temperatures_stay_in_range_under_an_absurd_learning_rate():

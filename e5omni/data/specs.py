@@ -38,10 +38,10 @@ def load_data_spec(
 ) -> Sequence[dict[str, Any]]:
     """Examples named by `spec` (see the module docstring).
 
-    `split` is the default split for `hub:` specs without one. `synthetic_size` examples are generated for
-    `synthetic:train` (None: the generator's default; the test split always has its fixed size); `synthetic_pairs`
-restricts the synthetic set to some modality pairs (e.g. without audio for a Qwen2-VL backbone). `limit` keeps the
-    first examples. Raises `DataSpecError` for a spec that cannot be read and when nothing is left.
+        `split` is the default split for `hub:` specs without one. `synthetic_size` examples are generated for
+        `synthetic:train` (None: the generator's default; the test split always has its fixed size); `synthetic_pairs`
+    restricts the synthetic set to some modality pairs (e.g. without audio for a Qwen2-VL backbone). `limit` keeps the
+        first examples. Raises `DataSpecError` for a spec that cannot be read and when nothing is left.
     """
     if not isinstance(spec, str) or not spec:
         raise DataSpecError(f"expected a data spec ({SPEC_FORMS}), got {spec!r}")
