@@ -55,6 +55,8 @@ EXPECTED_FILES = {
     "modeling_e5omni.py",
     "modules.json",
     "processing_e5omni.py",
+    "inputs_e5omni.py",
+    "media_e5omni.py",
     "processor_config.json",
     "sentence_e5omni.py",
     "tokenizer.json",
