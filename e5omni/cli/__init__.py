@@ -7,6 +7,8 @@
     e5omni encode MODEL [--text STR | --image PATH | --audio PATH | --video PATH | --item JSON | --items FILE.jsonl]... [--query] [--batch-size N] [--output FILE.npy]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
     e5omni demo [--output-dir DIR]
+    e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|hnsw|ivfpq]
+    e5omni search DIR [--text STR] [--image PATH] [--audio PATH] [--video PATH] [--instruction STR] [-k N] [--json]
 
 Each subcommand's code lives in a module of this package (model.py: init-tiny, encode, convert, demo; evaluate.py;
 publish.py); `train` is dispatched to `e5omni.train.run` before argparse, because trl's TrlParser owns its flags.
@@ -50,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     from e5omni.cli.evaluate import add_eval_parser
+    from e5omni.cli.index import add_index_parsers
     from e5omni.cli.publish import add_push_parser
 
     add_eval_parser(sub)
+    add_index_parsers(sub)
     add_push_parser(sub)
 
     p = sub.add_parser("demo", help="tiny model: evaluate, fine-tune with the full recipe, evaluate, save, reload")

@@ -1,0 +1,129 @@
+"""`e5omni index MODEL SOURCE --out DIR` and `e5omni search DIR --text ...`: embed a corpus, search it.
+
+Exit status of `index`: 0 when every item was embedded, 1 when some failed (they are in DIR/errors.jsonl, counted in
+the summary), 3 when `--max-errors` stopped the run early, 2 for a usage problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def _load_model(name: str):
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(name, trust_remote_code=True)
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from e5omni.index import CorpusIndex, IndexBuildError, build_corpus
+
+    try:
+        model = _load_model(args.model)
+        summary = build_corpus(
+            model,
+            args.source,
+            args.out,
+            model_path=args.model,
+            media_root=args.media_root,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            truncate_dim=args.truncate_dim,
+            resume=args.resume,
+            max_errors=args.max_errors,
+            show_progress_bar=not args.no_progress,
+        )
+        if not summary.stopped_early:
+            CorpusIndex.build(args.out, kind=args.index)
+    except (IndexBuildError, FileNotFoundError, ValueError) as err:
+        print(f"e5omni index: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.as_dict()))
+    if summary.failed:
+        print(f"{summary.failed} item(s) failed: see {args.out}/errors.jsonl", file=sys.stderr)
+    return 3 if summary.stopped_early else (1 if summary.failed else 0)
+
+
+def _query(args: argparse.Namespace) -> Any:
+    parts = {k: getattr(args, k) for k in ("text", "image", "audio", "video") if getattr(args, k) is not None}
+    if not parts:
+        raise ValueError("give at least one of --text / --image / --audio / --video (several make one mixed query)")
+    return parts["text"] if list(parts) == ["text"] else parts
+
+
+def _table(results) -> str:
+    header = ("rank", "score", "calibrated", "id", "modalities", "source")
+    lines = [header]
+    for r in results:
+        calibrated = "" if r.calibrated is None else f"{r.calibrated:.2f}"
+        lines.append((str(r.rank), f"{r.score:.4f}", calibrated, r.id, "+".join(r.modalities), r.source))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from e5omni.index import CorpusIndex, IndexBuildError
+    from modeling_e5omni.inputs_e5omni import E5OmniInputError
+
+    try:
+        index = CorpusIndex.load(args.dir)
+        name = args.model or index.manifest["model"]["path"]
+        if not name:
+            raise ValueError("the manifest names no model path: pass --model")
+        results = index.search(
+            _load_model(name), _query(args), k=args.k, instruction=args.instruction, calibrated=args.calibrated
+        )
+    except (IndexBuildError, FileNotFoundError, ValueError, E5OmniInputError) as err:  # a bad query item too
+        print(f"e5omni search: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results]))
+    else:
+        print(_table(results))
+    return 0
+
+
+def add_index_parsers(subparsers: Any) -> None:
+    from e5omni.index import KINDS
+
+    p = subparsers.add_parser("index", help="embed a folder or an item table into a searchable index folder")
+    p.add_argument("model", help="a saved e5-omni model folder or Hub id")
+    p.add_argument("source", help="a folder (walked recursively) or a .jsonl / .csv / .parquet file of items")
+    p.add_argument("--out", required=True, help="the index folder (fresh, or an unfinished one with --resume)")
+    p.add_argument("--media-root", default=None, help="folder media paths in a table are relative to")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--shard-size", type=_positive, default=1024, help="items per Parquet shard (the resume unit)")
+    p.add_argument("--truncate-dim", type=_positive, default=None, help="Matryoshka: keep the first D components")
+    p.add_argument("--index", choices=KINDS, default="flat", help="faiss index kind (default: exact inner product)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--max-errors", type=int, default=None, help="stop once more than N items have failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    p = subparsers.add_parser("search", help="search an index folder; the options combine into one mixed query")
+    p.add_argument("dir", help="an index folder written by e5omni index")
+    p.add_argument("--model", default=None, help="the model (default: the one named in the manifest)")
+    p.add_argument("--text")
+    p.add_argument("--image")
+    p.add_argument("--audio")
+    p.add_argument("--video")
+    p.add_argument("--instruction", default=None, help="a query-side instruction")
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--calibrated", action="store_true", help="also report cos / tau(q, d)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,293 @@
+"""`e5omni index`: embed a corpus into sharded Parquet with a manifest and an errors file, resumably.
+
+Layout of an index folder:
+
+    manifest.json          format, model (path, fingerprint), the embedding contract, dimension, counts, the
+                           finished shards (rewritten atomically after every shard)
+    shards/00000.parquet   id, source, modalities, content_hash, vector (float32, unit norm) per embedded item
+    errors.jsonl           one line per item that could not be embedded: id, source, error type, message, shard
+    index.faiss            the search index over every shard (written by `CorpusIndex.build`)
+
+Records are cut into shards of `shard_size` in the source's fixed order, so shard k always holds the same records:
+a killed run resumed with `resume=True` skips the finished shards, drops the error lines of the unfinished one, and
+redoes it, so every id ends up exactly once (in a shard or in errors.jsonl) with the same vector as an uninterrupted
+run. A bad item never stops the run; `max_errors` stops it early (with what was finished kept).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e5omni.index.sources import Record, iter_source
+
+MANIFEST = "manifest.json"
+ERRORS = "errors.jsonl"
+SHARDS = "shards"
+MANIFEST_FORMAT = "e5omni-index/1"
+
+
+class IndexBuildError(RuntimeError):
+    """An index folder that cannot be written or resumed as asked (another model, another contract, not empty)."""
+
+
+@dataclass
+class BuildSummary:
+    out_dir: Path
+    embedded: int = 0
+    failed: int = 0
+    shards: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "embedded": self.embedded,
+            "failed": self.failed,
+            "shards": self.shards,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 2),
+            "errors_by_type": dict(sorted(self.errors_by_type.items())),
+        }
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def contract(model: Any, truncate_dim: int | None) -> dict[str, Any]:
+    """What defines the vectors of an index: a search must embed its queries the same way."""
+    config = model.config
+    dim = int(truncate_dim or config.hidden_size)
+    return {
+        "dimension": dim,
+        "truncate_dim": truncate_dim,
+        "hidden_size": int(config.hidden_size),
+        "normalize": bool(config.normalize),
+        "whitening": bool(config.whitening),
+        "query_prompt": config.query_prompt,
+        "document_prompt": config.document_prompt,
+        "modalities": list(config.modalities),
+    }
+
+
+def _model_entry(model: Any, model_path: str | None) -> dict[str, Any]:
+    from e5omni.evaluation.embeddings import model_fingerprint
+
+    return {
+        "path": model_path or getattr(model.config, "_name_or_path", None) or None,
+        "fingerprint": model_fingerprint(model),
+        "revision": getattr(model.config, "_commit_hash", None),
+    }
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise IndexBuildError(f"{out_dir} has no {MANIFEST}: not an e5omni index folder")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise IndexBuildError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    return manifest
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+_BATCH_INDEX = re.compile(r"^item \d+: ")
+
+
+def _error_line(record: Record, error_type: str, message: str, shard: int) -> dict[str, Any]:
+    message = _BATCH_INDEX.sub("", message)  # the model numbers items within its batch; the id names the item here
+    return {"id": record.id, "source": record.source, "error": error_type, "message": message, "shard": shard}
+
+
+def _embed_chunk(model, records: list[Record], batch_size: int, truncate_dim: int | None):
+    """Embed the records' items; an item that fails is taken out and recorded, and the rest are embedded."""
+    from modeling_e5omni.inputs_e5omni import E5OmniInputError
+
+    good = [r for r in records if r.error is None]
+    failures: dict[int, tuple[str, str]] = {}
+    vectors: dict[int, np.ndarray] = {}
+    for start in range(0, len(good), batch_size):
+        pending = list(range(start, min(start + batch_size, len(good))))
+        while pending:
+            items = [good[i].item for i in pending]
+            try:
+                out = model.encode_document(
+                    items, batch_size=len(items), show_progress_bar=False, truncate_dim=truncate_dim
+                )
+            except E5OmniInputError as err:
+                culprit = err.index if err.index is not None and 0 <= err.index < len(pending) else None
+                if culprit is None:  # no usable index: find the bad items one by one
+                    for i in pending:
+                        try:
+                            vectors[i] = model.encode_document(
+                                [good[i].item], show_progress_bar=False, truncate_dim=truncate_dim
+                            )[0].numpy()
+                        except E5OmniInputError as one:
+                            failures[i] = (type(one).__name__, str(one))
+                    break
+                failures[pending[culprit]] = (type(err).__name__, str(err))
+                pending.pop(culprit)
+                continue
+            for i, vector in zip(pending, out.numpy(), strict=True):
+                vectors[i] = vector
+            break
+    return good, vectors, failures
+
+
+def _modalities(item: Any) -> list[str]:
+    from modeling_e5omni.configuration_e5omni import MODALITIES
+
+    if isinstance(item, str):
+        return ["text"]
+    return [m for m in MODALITIES if isinstance(item, dict) and item.get(m) is not None]
+
+
+def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.stack([r["vector"] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    table = pa.table(
+        {
+            "id": pa.array([r["id"] for r in rows], pa.string()),
+            "source": pa.array([r["source"] for r in rows], pa.string()),
+            "modalities": pa.array([r["modalities"] for r in rows], pa.list_(pa.string())),
+            "content_hash": pa.array([r["content_hash"] for r in rows], pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        }
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def build_corpus(
+    model: Any,
+    source: str | os.PathLike | Iterable[Record],
+    out_dir: str | os.PathLike,
+    *,
+    model_path: str | None = None,
+    media_root: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    truncate_dim: int | None = None,
+    resume: bool = False,
+    max_errors: int | None = None,
+    show_progress_bar: bool = True,
+) -> BuildSummary:
+    """Embed every record of `source` into `out_dir` (see the module docstring); returns the summary."""
+    from tqdm.auto import tqdm
+
+    from e5omni.data.items import content_hash
+
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    if truncate_dim is not None and not 0 < truncate_dim <= model.config.hidden_size:
+        raise ValueError(f"truncate_dim must be in [1, {model.config.hidden_size}], got {truncate_dim}")
+    out = Path(out_dir)
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    wanted = {
+        "format": MANIFEST_FORMAT,
+        "model": _model_entry(model, model_path),
+        "contract": contract(model, truncate_dim),
+    }
+    wanted["shard_size"] = shard_size
+    finished: list[dict[str, Any]] = []
+    if (out / MANIFEST).exists():
+        if not resume:
+            raise IndexBuildError(f"{out} already holds an index; pass resume=True (--resume) to continue it")
+        old = read_manifest(out)
+        for key in ("contract", "shard_size"):
+            if old[key] != wanted[key]:
+                raise IndexBuildError(
+                    f"cannot resume {out}: its {key} {old[key]} differs from this run's {wanted[key]}"
+                )
+        if old["model"]["fingerprint"] != wanted["model"]["fingerprint"]:
+            raise IndexBuildError(f"cannot resume {out}: it was built with another model ({old['model']['path']})")
+        finished = old["shards"]
+    elif any(p for p in out.iterdir() if p.name != SHARDS) or any((out / SHARDS).iterdir()):
+        raise IndexBuildError(f"{out} is not empty and holds no manifest: index into a fresh folder")
+    # errors of the shards that finished stay; those of an interrupted shard are dropped (it is redone)
+    kept_errors = []
+    if (out / ERRORS).exists():
+        for line in (out / ERRORS).read_text().splitlines():
+            if line.strip() and json.loads(line)["shard"] < len(finished):
+                kept_errors.append(line)
+    (out / ERRORS).write_text("".join(line + "\n" for line in kept_errors))
+    summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept_errors))
+    for line in kept_errors:
+        kind = json.loads(line)["error"]
+        summary.errors_by_type[kind] = summary.errors_by_type.get(kind, 0) + 1
+
+    is_path = isinstance(source, (str, os.PathLike))
+    records = iter_source(source, media_root) if is_path else iter(source)
+    # a cheap first pass (file names or rows, nothing decoded) gives the progress bar its total and ETA
+    total = sum(1 for _ in iter_source(source, media_root)) if is_path and show_progress_bar else None
+    dim = wanted["contract"]["dimension"]
+    start = time.perf_counter()
+    manifest = {**wanted, "shards": finished, "finished": False}
+    bar = tqdm(total=total, unit="item", desc="index", disable=not show_progress_bar, dynamic_ncols=True)
+    with bar:
+        for number, chunk in enumerate(_chunks(records, shard_size)):
+            if number < len(finished):
+                bar.update(len(chunk))
+                continue
+            good, vectors, failures = _embed_chunk(model, chunk, batch_size, truncate_dim)
+            rows, errors = [], []
+            for record in chunk:
+                if record.error is not None:
+                    errors.append(_error_line(record, *record.error, number))
+            for i, record in enumerate(good):
+                if i in failures:
+                    errors.append(_error_line(record, *failures[i], number))
+                else:
+                    rows.append(
+                        {
+                            "id": record.id,
+                            "source": record.source,
+                            "modalities": _modalities(record.item),
+                            "content_hash": content_hash(record.item),
+                            "vector": vectors[i],
+                        }
+                    )
+            name = f"{number:05d}.parquet"
+            _write_shard(out / SHARDS / name, rows, dim)
+            with open(out / ERRORS, "a") as handle:  # before the manifest names the shard: a crash redoes it
+                for entry in errors:
+                    handle.write(json.dumps(entry) + "\n")
+            finished.append({"name": name, "rows": len(rows), "errors": len(errors)})
+            _write_json_atomic(out / MANIFEST, manifest)
+            summary.embedded += len(rows)
+            summary.failed += len(errors)
+            for entry in errors:
+                summary.errors_by_type[entry["error"]] = summary.errors_by_type.get(entry["error"], 0) + 1
+            bar.update(len(chunk))
+            bar.set_postfix(failed=summary.failed)
+            if max_errors is not None and summary.failed > max_errors:
+                summary.stopped_early = True
+                break
+    summary.shards = len(finished)
+    summary.seconds = time.perf_counter() - start
+    manifest["finished"] = not summary.stopped_early
+    manifest["counts"] = {"embedded": summary.embedded, "failed": summary.failed, "shards": summary.shards}
+    _write_json_atomic(out / MANIFEST, manifest)
+    return summary

@@ -1,0 +1,229 @@
+"""`CorpusIndex`: a faiss index over an `e5omni index` folder; build, load, search, add.
+
+Kinds (`--index`):
+
+    flat    exact inner product (`IndexFlatIP`); on unit vectors that is cosine. The default, and right up to a few
+            hundred thousand vectors on CPU.
+    hnsw    `IndexHNSWFlat` (inner product), M = 32, efConstruction = 200, efSearch = 128: approximate, fast queries,
+            about (4 + 2 * M * 4 / D) times the flat index's memory.
+    ivfpq   `IndexIVFPQ` (inner product): nlist = 4 * sqrt(N) lists (at most N / 39, faiss' training minimum),
+            m sub-quantisers of 8 bits (the largest of 64, 32, 16, 8, 4, 2 that divides D), nprobe = 32 at search:
+            compressed (m bytes a vector), for millions of vectors.
+
+A search embeds the query with the model's query prompt and the index's truncation, after checking that the model is
+the one the index was built with (its fingerprint); a different model or dimension fails with a message that says so.
+Scores are cosines; `calibrated=True` also reports cos / tau(q, d), the model's training logits (README, "Calibrated
+scores").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e5omni.index.build import MANIFEST, SHARDS, IndexBuildError, read_manifest
+
+INDEX_FILE = "index.faiss"
+ROWS_FILE = "rows.json"
+KINDS = ("flat", "hnsw", "ivfpq")
+
+
+class IndexMismatchError(IndexBuildError):
+    """A search with a model (or dimension) other than the one the index was built with."""
+
+
+@dataclass
+class SearchResult:
+    rank: int
+    score: float
+    id: str
+    source: str
+    modalities: list[str]
+    calibrated: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id, "source": self.source}
+        out["modalities"] = self.modalities
+        if self.calibrated is not None:
+            out["calibrated"] = round(self.calibrated, 4)
+        return out
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - the [index] extra installs it
+        raise ImportError("searching needs faiss: pip install 'e5-omni[index]'") from err
+    return faiss
+
+
+def read_shards(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """(rows without vectors, (N, D) float32 vectors) of every finished shard, in shard order."""
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(folder)
+    rows: list[dict[str, Any]] = []
+    blocks = []
+    dim = manifest["contract"]["dimension"]
+    for shard in manifest["shards"]:
+        table = pq.read_table(Path(folder) / SHARDS / shard["name"])
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+        blocks.append(vectors.astype(np.float32, copy=False))
+        rows += table.drop(["vector"]).to_pylist()
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+    return rows, vectors
+
+
+def make_index(kind: str, dim: int, n: int):
+    """An empty (trained where needed on the first `add`) faiss index of `kind` for `n` vectors of `dim`."""
+    faiss = _faiss()
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 200
+        index.hnsw.efSearch = 128
+        return index
+    if kind == "ivfpq":
+        nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
+        m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(32, nlist)
+        return index
+    raise ValueError(f"unknown index kind {kind!r}; expected one of {KINDS}")
+
+
+class CorpusIndex:
+    """A loaded index folder: manifest, rows (id, source, modalities) and the faiss index over their vectors."""
+
+    def __init__(self, folder: str | os.PathLike, manifest: dict, rows: list[dict], index: Any, kind: str):
+        self.folder, self.manifest, self.rows, self.index, self.kind = Path(folder), manifest, rows, index, kind
+
+    # --------------------------------------------------------------------------------------------- build / load
+    @classmethod
+    def build(cls, folder: str | os.PathLike, kind: str = "flat") -> CorpusIndex:
+        """Index every finished shard of `folder` and write `index.faiss` + `rows.json` next to them."""
+        faiss = _faiss()
+        manifest = read_manifest(folder)
+        rows, vectors = read_shards(folder)
+        index = make_index(kind, vectors.shape[1], len(vectors))
+        if kind == "ivfpq":
+            if len(vectors) < 39:
+                raise ValueError(f"ivfpq needs at least 39 vectors to train, the corpus has {len(vectors)}: use flat")
+            index.train(vectors)
+        if len(vectors):
+            index.add(vectors)
+        out = cls(folder, manifest, rows, index, kind)
+        out.save()
+        del faiss
+        return out
+
+    def save(self) -> None:
+        faiss = _faiss()
+        tmp = self.folder / (INDEX_FILE + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, self.folder / INDEX_FILE)
+        payload = {"kind": self.kind, "rows": self.rows}
+        (self.folder / (ROWS_FILE + ".tmp")).write_text(json.dumps(payload))
+        os.replace(self.folder / (ROWS_FILE + ".tmp"), self.folder / ROWS_FILE)
+        manifest = read_manifest(self.folder)
+        manifest["search_index"] = {"kind": self.kind, "vectors": int(self.index.ntotal)}
+        (self.folder / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(self.folder / (MANIFEST + ".tmp"), self.folder / MANIFEST)
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> CorpusIndex:
+        faiss = _faiss()
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if not (folder / INDEX_FILE).is_file():
+            raise IndexBuildError(f"{folder} has no {INDEX_FILE}; build it with CorpusIndex.build or e5omni index")
+        payload = json.loads((folder / ROWS_FILE).read_text())
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        if index.ntotal != len(payload["rows"]):
+            raise IndexBuildError(
+                f"{folder}: {INDEX_FILE} holds {index.ntotal} vectors for {len(payload['rows'])} rows"
+            )
+        return cls(folder, manifest, payload["rows"], index, payload["kind"])
+
+    # ------------------------------------------------------------------------------------------------ search
+    def check_model(self, model: Any) -> None:
+        from e5omni.evaluation.embeddings import model_fingerprint
+
+        built = self.manifest["model"]
+        if model.config.hidden_size != self.manifest["contract"]["hidden_size"]:
+            raise IndexMismatchError(
+                f"this index holds {self.manifest['contract']['dimension']}-d vectors of a model with hidden size "
+                f"{self.manifest['contract']['hidden_size']}; the model given has {model.config.hidden_size}"
+            )
+        if model_fingerprint(model) != built["fingerprint"]:
+            raise IndexMismatchError(
+                f"this index was built with another model ({built['path']}, fingerprint {built['fingerprint'][:12]}); "
+                "search it with that model, or re-index with this one"
+            )
+
+    def embed_query(self, model: Any, query: Any, instruction: str | None = None) -> np.ndarray:
+        item = {"text": query} if isinstance(query, str) else dict(query) if isinstance(query, dict) else query
+        if instruction is not None:
+            if not isinstance(item, dict):
+                item = {"image": item}
+            item["instruction"] = instruction
+        truncate = self.manifest["contract"]["truncate_dim"]
+        return model.encode_query([item], show_progress_bar=False, truncate_dim=truncate).numpy().astype(np.float32)
+
+    def search(
+        self, model: Any, query: Any, k: int = 10, *, instruction: str | None = None, calibrated: bool = False
+    ) -> list[SearchResult]:
+        """The top `k` rows for one query item (text, an image, a dict of several modalities)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.check_model(model)
+        vector = self.embed_query(model, query, instruction)
+        scores, ids = self.index.search(vector, min(k, max(1, self.index.ntotal)))
+        results = []
+        for rank, (score, row_id) in enumerate(zip(scores[0], ids[0], strict=True), start=1):
+            if row_id < 0:
+                continue
+            row = self.rows[row_id]
+            results.append(SearchResult(rank, float(score), row["id"], row["source"], list(row["modalities"])))
+        if calibrated and results:
+            from modeling_e5omni.modeling_e5omni import modality_mask_of
+
+            query_item = query if not isinstance(query, str) else {"text": query}
+            query_mods = [m for m in ("text", "image", "audio", "video") if _has(query_item, m)]
+            tau = model.pair_temperature(
+                modality_mask_of([query_mods], 1), modality_mask_of([r.modalities for r in results], len(results))
+            )[0]
+            for result, t in zip(results, tau.tolist(), strict=True):
+                result.calibrated = result.score / t
+        return results
+
+    def add(self, model: Any, items: list[Any], ids: list[str], sources: list[str] | None = None) -> None:
+        """Embed `items` as documents and append them (rows and vectors) to the loaded index; `save()` to persist."""
+        if len(items) != len(ids):
+            raise ValueError(f"{len(items)} items but {len(ids)} ids")
+        taken = {row["id"] for row in self.rows}
+        duplicates = [i for i in ids if i in taken]
+        if duplicates:
+            raise ValueError(f"ids already in the index: {duplicates[:5]}")
+        self.check_model(model)
+        truncate = self.manifest["contract"]["truncate_dim"]
+        vectors = model.encode_document(items, show_progress_bar=False, truncate_dim=truncate).numpy()
+        from e5omni.index.build import _modalities
+
+        self.index.add(vectors.astype(np.float32))
+        for item, rid, source in zip(items, ids, sources or ids, strict=True):
+            self.rows.append({"id": rid, "source": source, "modalities": _modalities(item), "content_hash": None})
+
+
+def _has(item: Any, modality: str) -> bool:
+    if isinstance(item, dict):
+        return item.get(modality) is not None
+    return modality == "image"

@@ -1,0 +1,234 @@
+"""`e5omni index` / `e5omni search`: a salted folder, kill -9 and resume, search against brute force, mismatches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from e5omni.index import CorpusIndex, IndexBuildError, IndexMismatchError, build_corpus, read_manifest
+from e5omni.index.search import read_shards
+from e5omni.release import save_hub_folder
+from e5omni.tiny import build_tiny_model
+from tests.cli_runs import REPO, env
+from tests.test_inputs import write_mp4
+
+pytest.importorskip("faiss", reason="faiss-cpu comes with the [index] extra")
+
+
+@pytest.fixture(scope="module")
+def model():
+    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
+    model.set_processor(processor)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(model, tmp_path_factory):
+    return save_hub_folder(model, model.processor, tmp_path_factory.mktemp("index-model") / "m")
+
+
+def _salted_folder(root: Path) -> tuple[Path, set[str], set[str]]:
+    """A small corpus of every medium plus broken and hostile files: (folder, good ids, bad ids)."""
+    folder = root / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    t = np.arange(16000) / 16000
+    sf.write(folder / "sub" / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    write_mp4(folder / "sub" / "clip.mp4", rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8))
+    (folder / "a.txt").write_text("a red square on the left")
+    (folder / "sub" / "b.txt").write_text("a loud beep")
+    (folder / "README.md").write_text("not a medium: not part of the corpus")
+    good = {"img0.png", "img1.png", "img2.png", "sub/tone.wav", "sub/clip.mp4", "a.txt", "sub/b.txt"}
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    Image.new("1", (9400, 9400)).save(folder / "bomb.png")  # 88 Mpx declared, refused from the header
+    clip = (folder / "sub" / "clip.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(clip[: len(clip) // 3])
+    os.symlink("/etc/passwd", folder / "escape.txt")
+    os.mkfifo(folder / "pipe.wav")
+    bad = {"corrupt.png", "bomb.png", "truncated.mp4", "escape.txt", "pipe.wav"}
+    return folder, good, bad
+
+
+def test_a_salted_folder_embeds_everything_else_and_records_each_bad_file(model, tmp_path):
+    folder, good, bad = _salted_folder(tmp_path)
+    out = tmp_path / "index"
+    summary = build_corpus(model, folder, out, shard_size=4, batch_size=3, show_progress_bar=False)
+    assert (summary.embedded, summary.failed) == (len(good), len(bad))
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert {e["id"] for e in errors} == bad
+    reasons = {e["id"]: (e["error"], e["message"]) for e in errors}
+    assert reasons["bomb.png"][0] == "MediaTooLargeError"
+    assert reasons["escape.txt"][0] == "UnsafeMediaPathError" and "outside" in reasons["escape.txt"][1]
+    assert reasons["pipe.wav"][0] == "UnsafeMediaPathError" and "regular file" in reasons["pipe.wav"][1]
+    assert reasons["corrupt.png"][0] == reasons["truncated.mp4"][0] == "MediaDecodeError"
+    assert not any(e["message"].startswith("item ") for e in errors)  # batch positions mean nothing here
+    rows, vectors = read_shards(out)
+    assert sorted(r["id"] for r in rows) == sorted(good)
+    # the stored vectors are exactly what encode_document gives for the same items
+    items = [(folder / r["id"]).read_text() if r["id"].endswith(".txt") else None for r in rows]
+    for row, vector, text in zip(rows, vectors, items, strict=True):
+        kind = row["modalities"][0]
+        item = text if text is not None else {kind: str((folder / row["id"]).resolve())}
+        assert np.abs(model.encode_document([item])[0].numpy() - vector).max() < 1e-5, row["id"]
+    manifest = read_manifest(out)
+    assert manifest["finished"] and manifest["counts"] == {"embedded": 7, "failed": 5, "shards": 3}
+    assert manifest["contract"]["dimension"] == model.config.hidden_size
+
+
+def test_an_existing_index_is_not_overwritten_without_resume(model, tmp_path):
+    folder, _, _ = _salted_folder(tmp_path)
+    build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
+    with pytest.raises(IndexBuildError, match="resume"):
+        build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
+
+
+def _text_corpus(root: Path, n: int) -> Path:
+    folder = root / "texts"
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i:03d}.txt").write_text(f"document number {i}: a {['red', 'blue', 'green'][i % 3]} shape")
+    (folder / "000-broken.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
+    return folder
+
+
+def test_kill_9_mid_run_then_resume_holds_every_id_once_with_the_same_vectors(model, model_dir, tmp_path):
+    folder = _text_corpus(tmp_path, 60)
+    reference = tmp_path / "reference"
+    build_corpus(model, folder, reference, shard_size=4, batch_size=4, show_progress_bar=False)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(killed)]
+    cmd += ["--shard-size", "4", "--batch-size", "4", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        manifest = killed / "manifest.json"
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_manifest(killed)["shards"])
+    assert done_before < 16, "the run finished before it could be killed"
+    resumed = subprocess.run(cmd + ["--resume"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 1, resumed.stderr[-2000:]  # one broken file: exit 1, the rest embedded
+    rows, vectors = read_shards(killed)
+    ref_rows, ref_vectors = read_shards(reference)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 60 and ids == [r["id"] for r in ref_rows]
+    assert np.abs(vectors - ref_vectors).max() < 1e-5
+    errors = [json.loads(line)["id"] for line in (killed / "errors.jsonl").read_text().splitlines()]
+    assert errors == ["000-broken.txt"]
+    assert json.loads(resumed.stdout)["failed"] == 1
+
+
+def test_search_matches_brute_force_and_reports_calibrated_scores(model, tmp_path):
+    folder, good, _ = _salted_folder(tmp_path)
+    out = tmp_path / "index"
+    build_corpus(model, folder, out, show_progress_bar=False)
+    index = CorpusIndex.build(out)
+    rows, vectors = read_shards(out)
+    query = "a red square on the left"
+    results = index.search(model, query, k=5, calibrated=True)
+    brute = vectors @ model.encode_query([query])[0].numpy()
+    order = np.argsort(-brute)[:5]
+    assert [r.id for r in results] == [rows[i]["id"] for i in order]
+    assert np.allclose([r.score for r in results], brute[order], atol=1e-5)
+    first = results[0]
+    doc_mask = [first.modalities]
+    tau = model.pair_temperature(
+        torch.tensor([[True, False, False, False]]),
+        torch.tensor([[m in doc_mask[0] for m in ("text", "image", "audio", "video")]]),
+    )[0, 0].item()
+    assert first.calibrated == pytest.approx(first.score / tau, rel=1e-5)
+    loaded = CorpusIndex.load(out)
+    assert [r.id for r in loaded.search(model, query, k=5)] == [r.id for r in results]
+    mixed = loaded.search(model, {"text": "this picture", "image": str(folder / "img1.png")}, k=1)
+    assert mixed and mixed[0].id == "img1.png"
+
+
+def test_search_with_another_model_or_dimension_fails_clearly(model, tmp_path):
+    folder = _text_corpus(tmp_path, 5)
+    build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
+    index = CorpusIndex.build(tmp_path / "i")
+    other, processor = build_tiny_model("qwen2.5-omni", seed=1)
+    other.set_processor(processor)
+    with pytest.raises(IndexMismatchError, match="another model"):
+        index.search(other, "a red shape")
+    with pytest.raises(IndexBuildError, match="another model"):
+        build_corpus(other, folder, tmp_path / "i", resume=True, show_progress_bar=False)
+
+
+def test_matryoshka_hnsw_and_add(model, tmp_path):
+    folder = _text_corpus(tmp_path, 12)
+    out = tmp_path / "i"
+    build_corpus(model, folder, out, truncate_dim=16, show_progress_bar=False)
+    index = CorpusIndex.build(out, kind="hnsw")
+    rows, vectors = read_shards(out)
+    assert vectors.shape[1] == 16 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    results = index.search(model, "document number 4: a blue shape", k=3)
+    assert results[0].id == "004.txt"
+    index.add(model, ["a brand new purple shape"], ["new"])
+    assert index.search(model, "a brand new purple shape", k=1)[0].id == "new"
+
+
+def test_table_sources_confine_paths_and_name_bad_rows(model, tmp_path):
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    rows = [
+        {"id": "t1", "text": "hello"},
+        {"id": "i1", "image": "red.png", "text": "a red picture"},
+        {"id": "esc", "image": "../outside.png"},
+        {"text": "no id"},
+        {"id": "odd", "colour": "red"},
+    ]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    summary = build_corpus(model, path, tmp_path / "i", show_progress_bar=False)
+    assert (summary.embedded, summary.failed) == (2, 4)
+    errors = {e["id"]: e for e in map(json.loads, (tmp_path / "i" / "errors.jsonl").read_text().splitlines())}
+    assert errors["esc"]["error"] == "UnsafeMediaPathError"
+    assert "items.jsonl line 4" in errors and "items.jsonl line 6" in errors
+    assert "unknown column" in errors["odd"]["message"]
+    import pyarrow as pa
+
+    pq.write_table(
+        pa.table({"id": ["p1", "p2"], "text": ["parquet one", None], "image": [None, "red.png"]}),
+        tmp_path / "items.parquet",
+    )
+    assert build_corpus(model, tmp_path / "items.parquet", tmp_path / "p", show_progress_bar=False).embedded == 2
+
+
+def test_cli_index_then_search_table_and_json(model_dir, tmp_path):
+    folder = _text_corpus(tmp_path, 6)
+    out = tmp_path / "i"
+    run = subprocess.run(
+        [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(out), "--no-progress"],
+        env=env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1 and "1 item(s) failed" in run.stderr, run.stderr[-2000:]
+    search = [sys.executable, "-m", "e5omni.cli", "search", str(out), "--text", "document number 2", "-k", "3"]
+    table = subprocess.run(search + ["--calibrated"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["rank", "score", "calibrated", "id"] and len(lines) == 4
+    as_json = subprocess.run(search + ["--json"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    results = json.loads(as_json.stdout)
+    assert [r["rank"] for r in results] == [1, 2, 3] and results[0]["id"] == lines[1].split()[3]
