@@ -23,8 +23,9 @@ BACKBONE_MODALITIES = {
     "qwen2_5_vl": ("text", "image", "video"),
 }
 
-#: Image container formats the processor decodes (Pillow format names).
-DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: Image container formats the processor decodes (Pillow format names). MPO is a multi-picture JPEG (camera
+#: files): its first picture is decoded; a JPEG entry admits it in configs saved before it was listed.
+DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
 
 
 @strict(accept_kwargs=True)
@@ -52,7 +53,9 @@ class E5OmniConfig(PreTrainedConfig):
         Pixel budget of one video frame; defaults to `max_pixels` / `min_pixels`. Converted checkpoints record the
         backbone processor's own video defaults here so their embeddings do not change.
     max_frames (`int`) / fps (`float`):
-        Video frames are sampled at `fps` (by seeking, when decoding files) up to `max_frames`.
+        Video files give `duration * fps` frames (qwen-omni-utils' rule: clamped to [4, max_frames] and to the
+        clip's frame count, floored to an even number), spread uniformly over the whole clip and fetched by
+        seeking. Video arrays are taken as given, uniformly subsampled to `max_frames`.
     max_audio_seconds (`float`):
         Audio longer than this is truncated (with a warning) before feature extraction.
     max_length (`int`, defaults to 512):

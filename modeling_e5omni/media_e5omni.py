@@ -9,6 +9,7 @@ decoding, audio is read no further than the budget, videos are sampled by seekin
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
@@ -102,25 +103,96 @@ def image_from_array(value, index: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(value.numpy() if isinstance(value, torch.Tensor) else value))
 
 
+#: Image formats that are JPEG files underneath: a JPEG allow-list entry admits them (decoded as their first picture).
+_JPEG_FAMILY = ("MPO",)
+
+
+def _allowed_formats(config: E5OmniConfig) -> list[str]:
+    allowed = [str(name).upper() for name in config.image_formats]
+    if "JPEG" in allowed:
+        allowed += [name for name in _JPEG_FAMILY if name not in allowed]
+    return allowed
+
+
+def _check_format(image: Image.Image, index: int, config: E5OmniConfig) -> None:
+    """Refuse an image whose container format is outside the allow-list, before anything is decoded.
+
+    In-memory images carry their format too: a lazily opened EPS/PS/PDF passed as a PIL image would run Ghostscript
+    on `load()`, so its format (the instance's, or its plugin class's) is checked before any pixel is touched.
+    Images built in memory (`Image.new`, `Image.fromarray`, ...) have no format and are taken as they are."""
+    fmt = getattr(image, "format", None) or getattr(type(image), "format", None)
+    if fmt is not None and str(fmt).upper() not in _allowed_formats(config):
+        raise MediaDecodeError(
+            f"image format {fmt} is not allowed; expected one of {list(config.image_formats)}", index
+        )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB pixels as the backbone processor and qwen-omni-utils see them.
+
+    Transparency is composited on white (RGBA, LA, PA, La, RGBa, P/L/RGB with a transparency key), the way
+    qwen-omni-utils' `to_rgb` does for RGBA (white background, alpha as paste mask); `convert("RGB")` would make
+    transparent pixels black. 16-bit greyscale (I;16*, and I/F with 16-bit values) is scaled to 8 bits (x / 257,
+    rounded): `convert("RGB")` clips it, turning almost every pixel white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        values = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 65535.0)
+        if mode in ("I", "F") and values.max(initial=0.0) <= 255.0:
+            grey = values  # already 8-bit values stored wide (e.g. Image.fromarray of int32 0..255)
+        else:
+            grey = values / 257.0
+        return Image.fromarray(np.rint(grey).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba.split()[3])
+        return white
+    return image.convert("RGB")
+
+
 def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
-    """Decode an image path (or take an in-memory image or array), refusing oversized headers before decoding."""
+    """Decode an image path (or take an in-memory image or array), refusing oversized headers before decoding.
+
+    Paths, bytes and PIL images all pass the same format allow-list and `max_decode_pixels` cap before any pixel
+    is decoded. Multi-frame files (GIF, TIFF, WEBP, MPO) give their first frame. EXIF orientation is NOT applied,
+    like qwen-omni-utils (`Image.open` then `to_rgb`): a rotated-by-EXIF JPEG is embedded as stored."""
     if isinstance(value, Image.Image | _ARRAY):
         image = value if isinstance(value, Image.Image) else image_from_array(value, index)
+        _check_format(image, index, config)
         width, height = image.size
         if width * height > config.max_decode_pixels:
             raise MediaTooLargeError(
                 f"image of {width}x{height} pixels exceeds max_decode_pixels={config.max_decode_pixels}", index
             )
+        if getattr(image, "format", None) is not None:  # a lazily opened file: decode it under our error handling
+            try:
+                image.load()
+            except (OSError, SyntaxError, ValueError) as err:
+                raise MediaDecodeError(f"image is truncated or corrupt: {err}", index) from err
     else:
         source = _local_path(value, index, "image", config.allow_remote_media)
-        try:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        Image.init()
+        plugins = [name for name in _allowed_formats(config) if name in Image.OPEN]
+        try:  # only the allowed plugins may even look at the file
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=plugins)
+        except Image.UnidentifiedImageError as err:
+            try:  # name the format in the error when Pillow knows it
+                with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as probe:
+                    fmt = probe.format
+            except Exception:
+                fmt = None
+            if fmt is not None:
+                raise MediaDecodeError(
+                    f"image format {fmt} is not allowed; expected one of {list(config.image_formats)}", index
+                ) from err
+            raise MediaDecodeError(f"cannot read image {value!s}: {err}", index) from err
         except (OSError, Image.DecompressionBombError) as err:  # unreadable header
             raise MediaDecodeError(f"cannot read image {value!s}: {err}", index) from err
-        if image.format not in config.image_formats:
-            raise MediaDecodeError(
-                f"image format {image.format} is not allowed; expected one of {config.image_formats}", index
-            )
+        _check_format(image, index, config)
         width, height = image.size
         if width * height > config.max_decode_pixels:  # decided from the header alone: nothing decoded yet
             raise MediaTooLargeError(
@@ -134,10 +206,19 @@ def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
             raise MediaDecodeError(f"image {value!s} is truncated or corrupt: {err}", index) from err
     if image.width < 1 or image.height < 1:
         raise MediaDecodeError(f"image has no pixels ({image.width}x{image.height})", index)
-    return image.convert("RGB") if image.mode != "RGB" else image
+    return _to_rgb(image)
 
 
-def _resample(array: np.ndarray, rate: int) -> np.ndarray:
+#: Sampling rates an audio dict may declare: 1 kHz (below any real recording) to 768 kHz (the fastest PCM a DAC
+#: takes). Outside it, a rate is a mistake (a sample count, inf, NaN) and would overflow or hang the resampler.
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 768_000
+#: Largest sample magnitude float audio may have. Audio is expected in [-1, 1]; up to 2**16 also covers 16-bit PCM
+#: passed as unscaled floats (embedded as given, as before). Beyond it the log-mel power spectrum overflows float32
+#: (1e19 gives NaN embeddings), so such audio is refused rather than silently rescaled.
+MAX_AUDIO_MAGNITUDE = 65536.0
+
+
+def _resample(array: np.ndarray, rate: float) -> np.ndarray:
     if rate == SAMPLING_RATE:
         return array
     import soxr
@@ -145,29 +226,65 @@ def _resample(array: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(array, rate, SAMPLING_RATE).astype(np.float32)
 
 
+def _sampling_rate(value, index: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise E5OmniInputError(f"audio sampling_rate must be a number, got {type(value).__name__}", index)
+    rate = float(value)
+    if not (MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE):  # also False for NaN
+        raise E5OmniInputError(
+            f"audio sampling_rate must lie in [{MIN_SAMPLING_RATE}, {MAX_SAMPLING_RATE}] Hz, got {value}", index
+        )
+    return int(rate) if rate.is_integer() else rate
+
+
+def _pcm_to_float(array: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1), the way libsndfile reads PCM files: signed by 2**(bits-1); unsigned
+    (uint8 WAV is offset binary) centred first: (x - 2**(bits-1)) / 2**(bits-1)."""
+    bits = array.dtype.itemsize * 8
+    scale = float(2 ** (bits - 1))
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        return ((array.astype(np.float64) - scale) / scale).astype(np.float32)
+    return (array.astype(np.float64) / scale).astype(np.float32)
+
+
 def load_audio(value, index: int, max_seconds: float) -> np.ndarray:
-    """Audio -> float32 mono 16 kHz, truncated to `max_seconds` (files are read no further than that)."""
+    """Audio -> float32 mono 16 kHz, truncated to `max_seconds` (files are read no further than that).
+
+    Integer arrays are PCM (scaled per channel before any mix-down); float arrays must be finite with magnitude at
+    most `MAX_AUDIO_MAGNITUDE`; dict sampling rates must lie in [MIN_SAMPLING_RATE, MAX_SAMPLING_RATE]."""
     if isinstance(value, dict):
         if "array" not in value or "sampling_rate" not in value:
             raise E5OmniInputError("audio dict must have 'array' and 'sampling_rate'", index)
-        array, rate = np.asarray(value["array"]), int(value["sampling_rate"])
+        raw = value["array"]
+        rate = _sampling_rate(value["sampling_rate"], index)
     elif isinstance(value, np.ndarray | torch.Tensor):
-        array, rate = np.asarray(value), SAMPLING_RATE
+        raw, rate = value, SAMPLING_RATE
     else:
-        array, rate = _read_audio_file(value, index, max_seconds)
-    if array.ndim == 2:  # (samples, channels) or (channels, samples): mix down
-        array = array.mean(axis=1 if array.shape[0] > array.shape[1] else 0)
-    if array.ndim != 1:
-        raise E5OmniInputError(f"audio must be 1-D (mono) or 2-D (multi-channel), got shape {array.shape}", index)
-    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raw, rate = _read_audio_file(value, index, max_seconds)
+    array = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw)
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
         raise E5OmniInputError(f"audio array must be numeric, got dtype {array.dtype}", index)
-    if np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    if array.ndim not in (1, 2):
+        raise E5OmniInputError(f"audio must be 1-D (mono) or 2-D (multi-channel), got shape {array.shape}", index)
+    if np.issubdtype(array.dtype, np.integer):  # scale first: mixing ints down would make floats of PCM counts
+        array = _pcm_to_float(array)
+    elif array.size:
+        peak = float(np.max(np.abs(array)))
+        if not np.isfinite(peak):
+            raise E5OmniInputError("audio contains NaN or infinite samples", index)
+        if peak > MAX_AUDIO_MAGNITUDE:
+            raise E5OmniInputError(
+                f"float audio must lie in [-1, 1] (at most {MAX_AUDIO_MAGNITUDE:g} in magnitude), got a sample of "
+                f"magnitude {peak:g}; scale it first",
+                index,
+            )
+    if array.ndim == 2:  # (samples, channels) or (channels, samples): mix down
+        array = array.mean(axis=1 if array.shape[0] > array.shape[1] else 0, dtype=np.float64)
     if array.size == 0:
         raise E5OmniInputError("audio has no samples", index)
-    if rate <= 0:
-        raise E5OmniInputError(f"audio sampling_rate must be positive, got {rate}", index)
-    limit = int(max_seconds * rate)
+    limit = max(1, int(max_seconds * rate))
     if array.shape[0] > limit:
         warnings.warn(
             f"item {index}: audio of {array.shape[0] / rate:.1f} s truncated to max_audio_seconds={max_seconds}",
@@ -175,9 +292,27 @@ def load_audio(value, index: int, max_seconds: float) -> np.ndarray:
         )
         array = array[:limit]
     array = _resample(np.ascontiguousarray(array, dtype=np.float32), rate)
+    if array.size == 0:
+        raise E5OmniInputError(f"audio is too short: no samples left after resampling {rate} Hz to 16 kHz", index)
     if not np.isfinite(array).all():
         raise E5OmniInputError("audio contains NaN or infinite samples", index)
     return array
+
+
+#: libsndfile's note for a chunk whose declared size the file does not hold: "data : 32000 (should be 19956)".
+_SHOULD_BE = re.compile(r"^\s*(\S+)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+#: Declared sizes that mean "unknown length" (ffmpeg and other streaming writers cannot seek back to fill them in).
+_STREAMED_SIZES = (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
+
+
+def _declares_missing_data(extra_info: str) -> bool:
+    """Whether a chunk declares more bytes than the file holds (truncated), not counting streamed placeholders."""
+    for _chunk, declared, held in _SHOULD_BE.findall(extra_info):
+        if int(declared) in _STREAMED_SIZES:
+            continue
+        if int(declared) > int(held):
+            return True
+    return False
 
 
 def _read_audio_file(value, index: int, max_seconds: float) -> tuple[np.ndarray, int]:
@@ -185,13 +320,16 @@ def _read_audio_file(value, index: int, max_seconds: float) -> tuple[np.ndarray,
     try:
         import soundfile as sf
 
-        with sf.SoundFile(source) as handle:
+        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as handle:
             rate = handle.samplerate
             frames = min(handle.frames, int(max_seconds * rate) + 1) if handle.frames > 0 else int(max_seconds * rate)
             array = handle.read(frames=frames, dtype="float32", always_2d=True)
             # libsndfile clamps a cut file's length to what is there and logs "(should be N)" for each chunk
-            # whose declared size the file does not hold: a truncated file, not a short one.
-            if "(should be" in handle.extra_info or (handle.frames > 0 and array.shape[0] < min(handle.frames, frames)):
+            # whose declared size the file does not hold: a truncated file, not a short one. Streamed files
+            # (ffmpeg to a pipe) declare 0xFFFFFFFF ("unknown") and are read to their end.
+            if _declares_missing_data(handle.extra_info) or (
+                handle.frames > 0 and array.shape[0] < min(handle.frames, frames)
+            ):
                 raise MediaDecodeError(
                     f"audio file {value!s} is truncated: its header declares more data than the file holds",
                     index,
@@ -219,7 +357,7 @@ def _read_audio_av(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
     import av
 
     chunks, rate, total = [], None, 0
-    with av.open(str(path)) as container:
+    with av.open(io.BytesIO(path) if isinstance(path, bytes) else str(path)) as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLING_RATE)
         for frame in container.decode(stream):
@@ -248,10 +386,48 @@ def video_frames_from_array(value, index: int | None) -> np.ndarray:
     return frames.transpose(0, 2, 3, 1) if axis == 1 else frames
 
 
-def load_video(value, index: int, config: E5OmniConfig) -> np.ndarray:
-    """Video -> uint8 frames (T, H, W, 3), at most `max_frames`, sampled at `fps` (files: by seeking).
+#: qwen-omni-utils' frame-count rule (`smart_nframes`): frame counts are multiples of FRAME_FACTOR, at least
+#: MIN_FRAMES (when the video has them), at most max_frames and the video's own frame count.
+FRAME_FACTOR = 2
+MIN_FRAMES = 4
+#: Forward gaps up to this many seconds are decoded through rather than seeked over (a seek re-decodes from the
+#: previous keyframe anyway).
+_SEEK_GAP_SECONDS = 2.0
 
-    Arrays and tensors may also be channels-first (T, 3, H, W) (torchvision, mteb); (T, 3, H, 3) is refused."""
+
+def video_frame_count(total_frames: int, video_fps: float, fps: float, max_frames: int) -> int:
+    """How many frames to sample from a `total_frames`-frame video at `video_fps`: the reference rule.
+
+    As qwen-omni-utils' `smart_nframes` with `fps` and `max_frames` given: `total / video_fps * fps` frames, clamped
+    to [ceil2(MIN_FRAMES), floor2(max_frames)] and to `total`, then floored to a multiple of 2. Where the reference
+    raises (fewer than 2 frames result: a 1-frame video or max_frames=1) we take that many frames instead."""
+    if total_frames <= 0:
+        return 0
+    low = math.ceil(MIN_FRAMES / FRAME_FACTOR) * FRAME_FACTOR
+    high = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+    wanted = total_frames / video_fps * fps if video_fps > 0 else float(total_frames)
+    count = min(min(max(wanted, low), high), total_frames)
+    count = math.floor(count / FRAME_FACTOR) * FRAME_FACTOR
+    if count < FRAME_FACTOR:  # the reference refuses; a short clip or max_frames=1 still gives what it can
+        count = min(total_frames, max_frames)
+    return int(count)
+
+
+def video_frame_indices(total_frames: int, count: int) -> list[int]:
+    """Uniform over the whole clip, first and last frame included: `linspace(0, total - 1, count).round()`
+    computed as the reference does (torch float32 linspace, round half to even)."""
+    if count <= 0:
+        return []
+    return torch.linspace(0, total_frames - 1, count).round().long().tolist()
+
+
+def load_video(value, index: int, config: E5OmniConfig) -> np.ndarray:
+    """Video -> uint8 frames (T, H, W, 3), at most `max_frames`.
+
+    Files: `video_frame_count` frames (the qwen-omni-utils rule at `fps`), uniformly spread over the whole clip,
+    fetched by seeking so that memory stays bounded whatever the duration. Every decoded frame, not only the stream
+    header, is checked against `max_decode_pixels`. Arrays and tensors may also be channels-first (T, 3, H, W)
+    (torchvision, mteb); (T, 3, H, 3) is refused; they are taken as given (subsampled uniformly to `max_frames`)."""
     if isinstance(value, _ARRAY):
         frames = video_frames_from_array(value, index)
         if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
@@ -266,34 +442,107 @@ def load_video(value, index: int, config: E5OmniConfig) -> np.ndarray:
         return np.ascontiguousarray(frames)
     source = _local_path(value, index, "video", config.allow_remote_media)
     try:
-        return _read_video_av(source, config)
+        return _read_video_av(source, config, index)
     except E5OmniInputError:
         raise
     except Exception as err:
         raise MediaDecodeError(f"cannot decode video {value!s} (truncated or corrupt?): {err}", index) from err
 
 
-def _read_video_av(source, config: E5OmniConfig) -> np.ndarray:
+def _too_large(width: int, height: int, config: E5OmniConfig, index, where: str) -> MediaTooLargeError:
+    return MediaTooLargeError(
+        f"video {where} of {width}x{height} exceed max_decode_pixels={config.max_decode_pixels}", index
+    )
+
+
+def _open_video(source):
     import av
 
-    with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+
+
+def _count_video_frames(source) -> int:
+    """Frame count of a stream whose header has none: count its packets (demuxing only, nothing decoded)."""
+    with _open_video(source) as container:
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+
+
+def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np.ndarray:
+    with _open_video(source) as container:
         stream = container.streams.video[0]
         if stream.width * stream.height > config.max_decode_pixels:
-            raise MediaTooLargeError(
-                f"video frames of {stream.width}x{stream.height} exceed max_decode_pixels={config.max_decode_pixels}"
-            )
+            raise _too_large(stream.width, stream.height, config, index, "frames")
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        video_fps = float(rate) if rate else 0.0
+        time_base = stream.time_base
+        total = int(stream.frames or 0)
+        if total <= 0:
+            duration = None
+            if stream.duration is not None and time_base:
+                duration = float(stream.duration * time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            total = int(round(duration * video_fps)) if duration and video_fps > 0 else _count_video_frames(source)
+        count = video_frame_count(total, video_fps, config.fps, config.max_frames)
+        indices = video_frame_indices(total, count)
+        if not indices:
+            raise ValueError("no video frames")
+        start = stream.start_time or 0
+        if video_fps > 0 and time_base:
+            frame_pts = 1.0 / (video_fps * float(time_base))  # one frame, in stream time-base units
+            targets = [start + i * frame_pts for i in indices]
+        else:  # no rate: fall back to decode order
+            frame_pts, targets = None, None
+        gap = _SEEK_GAP_SECONDS / float(time_base) if time_base else float("inf")
+
         frames: list[np.ndarray] = []
-        step = 1.0 / config.fps
-        next_time = 0.0
-        for frame in container.decode(stream):
-            if frame.time is not None and frame.time + 1e-6 < next_time:
+        size: tuple[int, int] | None = None
+        decoder = container.decode(stream)
+        held, held_pts, position = None, None, -1  # the last decoded frame, its pts, its decode-order number
+
+        def take(frame):
+            nonlocal size
+            if size is None:
+                size = (frame.width, frame.height)
+            if (frame.width, frame.height) != size:  # a mid-stream resolution change: keep one frame size
+                return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+            return frame.to_ndarray(format="rgb24")
+
+        def next_frame():
+            nonlocal held, held_pts, position
+            frame = next(decoder, None)
+            if frame is None:
+                return False
+            if frame.width * frame.height > config.max_decode_pixels:
+                raise _too_large(frame.width, frame.height, config, index, "frame (decoded)")
+            held, position = frame, position + 1
+            held_pts = frame.pts if frame.pts is not None else position * (frame_pts or 1.0)
+            return True
+
+        for number, frame_index in enumerate(indices):
+            if targets is None:  # decode order only
+                while position < frame_index and next_frame():
+                    pass
+                if held is None:
+                    break
+                frames.append(take(held))
                 continue
-            frames.append(frame.to_ndarray(format="rgb24"))
-            next_time += step
-            if len(frames) >= config.max_frames:
+            target = targets[number]
+            if held_pts is None or target - held_pts > gap:  # far ahead (or nothing decoded yet): seek
+                if number > 0 or target - start > gap:
+                    container.seek(int(target), stream=stream, backward=True, any_frame=False)
+                    decoder = container.decode(stream)
+                    held, held_pts = None, None
+            while held_pts is None or held_pts < target - frame_pts / 2:
+                if not next_frame():
+                    break
+            if held is None:
                 break
-    if not frames:
-        raise ValueError("no video frames decoded")
+            frames.append(take(held))
+        if not frames:
+            raise ValueError("no video frames decoded")
+        while len(frames) < len(indices):  # the header promised more frames than the stream holds: repeat the last
+            frames.append(frames[-1])
     return np.stack(frames)
 
 
