@@ -31,7 +31,8 @@ from e5omni.evaluation import (
 __all__ = ["add_eval_parser", "run_eval"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type of every count option of the CLI."""
     try:
         value = int(text)
     except ValueError:
@@ -122,11 +123,11 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None, help="write the metrics and diagnostics tables as Markdown")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots into DIR")
     p.add_argument("--trainer-state", default=None, help="trainer_state.json for the temperature plot")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--ks", type=_ks, default=(1, 5, 10), help="cut-offs, comma-separated (default 1,5,10)")
     p.add_argument("--cache", default=None, help="an .npz embedding cache (reused and extended; one per model)")
     p.add_argument("--calibrated", action="store_true", help="rank by cos / tau(q, p) instead of cosine")
     p.add_argument("--visual-document-pairs", default=None, help="comma-separated pairs scored by NDCG@5 (MMEB visdoc)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N examples")
     p.set_defaults(func=run_eval)
     return p

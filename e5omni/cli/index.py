@@ -11,15 +11,7 @@ import json
 import sys
 from typing import Any
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
+from e5omni.cli.evaluate import positive_int
 
 
 def _load_model(name: str):
@@ -106,9 +98,9 @@ def add_index_parsers(subparsers: Any) -> None:
     p.add_argument("source", help="a folder (walked recursively) or a .jsonl / .csv / .parquet file of items")
     p.add_argument("--out", required=True, help="the index folder (fresh, or an unfinished one with --resume)")
     p.add_argument("--media-root", default=None, help="folder media paths in a table are relative to")
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--shard-size", type=_positive, default=1024, help="items per Parquet shard (the resume unit)")
-    p.add_argument("--truncate-dim", type=_positive, default=None, help="Matryoshka: keep the first D components")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="items per Parquet shard (the resume unit)")
+    p.add_argument("--truncate-dim", type=positive_int, default=None, help="Matryoshka: keep the first D components")
     p.add_argument("--index", choices=KINDS, default="flat", help="faiss index kind (default: exact inner product)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--max-errors", type=int, default=None, help="stop once more than N items have failed")
@@ -123,7 +115,7 @@ def add_index_parsers(subparsers: Any) -> None:
     p.add_argument("--audio")
     p.add_argument("--video")
     p.add_argument("--instruction", default=None, help="a query-side instruction")
-    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("-k", type=positive_int, default=10)
     p.add_argument("--calibrated", action="store_true", help="also report cos / tau(q, d)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_search)
