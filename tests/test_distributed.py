@@ -113,6 +113,7 @@ def test_two_processes_equal_one_process_over_six_steps_vl(tmp_path, backbone, p
     _two_equals_one(tmp_path, backbone, port)
 
 
+@pytest.mark.slow
 def test_two_processes_with_homogeneous_batches(tmp_path):
     """group_by_pair: every rank batch is one modality pair, so most batches leave a tower unreached."""
     _run(
