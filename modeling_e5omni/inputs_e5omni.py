@@ -19,7 +19,12 @@ from .configuration_e5omni import MODALITIES
 
 # --------------------------------------------------------------------------------------------------------- errors
 class E5OmniInputError(ValueError):
-    """An item the processor cannot embed. `index` is the item's position in the input list (None for the list)."""
+    """An item the processor cannot embed. `index` is the item's position in the input list (None for the list).
+
+    On the sentence-transformers path the caller's positions are not known (it sorts inputs by length first): there
+    `index` is None and `batch_position` is the position in the batch sentence-transformers built."""
+
+    batch_position: int | None = None
 
     def __init__(self, message: str, index: int | None = None):
         self.index = index
@@ -62,11 +67,38 @@ _ITEM_KEYS = frozenset({"text", "image", "audio", "video", "instruction"})
 _ARRAY = np.ndarray | torch.Tensor
 IMAGE_LAYOUTS = "(H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4"
 VIDEO_LAYOUTS = "(T, H, W, 3) or (T, 3, H, W)"
+_NO_NUMPY_DTYPES = frozenset(
+    getattr(torch, name)
+    for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, name)
+)
 
 
 def _is_numeric_array(value: Any) -> bool:
     """A numpy array or torch tensor of numbers (numpy arrays of str/objects are containers, not media)."""
     return isinstance(value, torch.Tensor) or (isinstance(value, np.ndarray) and value.dtype.kind in "biuf")
+
+
+def _check_text(value: str, key: str, index: int | None) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates, e.g. from a bad bytes/JSON decode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise E5OmniInputError(
+            f"{key} holds a lone surrogate {value[err.start]!r} at character {err.start}: not valid Unicode text, "
+            "so it cannot be tokenised (decode the source bytes with errors='replace', or drop the character)",
+            index,
+        ) from None
+
+
+def _check_tensor_dtype(value: Any, key: str, index: int | None) -> None:
+    """Refuse tensors numpy cannot hold (bfloat16, float8): audio and video are read as numpy arrays."""
+    if isinstance(value, torch.Tensor) and value.dtype in _NO_NUMPY_DTYPES:
+        raise E5OmniInputError(
+            f"{key} is a torch.{str(value.dtype).removeprefix('torch.')} tensor, which cannot become a numpy array; "
+            + ("convert it with .float() first" if key == "audio" else "pass uint8 frames (.to(torch.uint8))"),
+            index,
+        )
 
 
 def check_item(
@@ -82,6 +114,8 @@ def check_item(
         raise E5OmniInputError("got None; expected a str, a PIL image or a dict of text/image/audio/video", index)
     if isinstance(item, str | Image.Image):
         present = ["text"] if isinstance(item, str) else ["image"]
+        if isinstance(item, str):
+            _check_text(item, "text", index)
     elif isinstance(item, _ARRAY):
         if not _is_numeric_array(item) or item.ndim != 3:
             raise E5OmniInputError(
@@ -92,10 +126,11 @@ def check_item(
             )
         present = ["image"]
     elif isinstance(item, dict):
-        unknown = set(item) - _ITEM_KEYS
+        unknown = [key for key in item if not isinstance(key, str) or key not in _ITEM_KEYS]
         if unknown:
+            listed = ", ".join(repr(key) for key in sorted(unknown, key=repr))  # keys of any types: never compared
             raise E5OmniInputError(
-                f"unknown keys {sorted(unknown)}; expected any of 'text', 'image', 'audio', 'video', 'instruction'",
+                f"unknown keys [{listed}]; expected any of 'text', 'image', 'audio', 'video', 'instruction'",
                 index,
             )
         present = [m for m in MODALITIES if item.get(m) is not None]
@@ -104,6 +139,8 @@ def check_item(
         for key in ("text", "instruction"):
             if item.get(key) is not None and not isinstance(item[key], str):
                 raise E5OmniInputError(f"{key!r} must be a str, got {type(item[key]).__name__}", index)
+            if item.get(key) is not None:
+                _check_text(item[key], repr(key), index)
         if item.get("image") is not None and not isinstance(item["image"], Image.Image | str | os.PathLike | _ARRAY):
             raise E5OmniInputError(
                 f"'image' must be a PIL image, an image array or a path, got {type(item['image']).__name__}", index
@@ -120,6 +157,8 @@ def check_item(
             raise E5OmniInputError(
                 f"'video' must be a uint8 array {VIDEO_LAYOUTS} or a path, got {type(video).__name__}", index
             )
+        _check_tensor_dtype(audio.get("array") if isinstance(audio, dict) else audio, "audio", index)
+        _check_tensor_dtype(video, "video", index)
     else:
         raise E5OmniInputError(
             f"unsupported item type {type(item).__name__}; expected a str (text), a PIL.Image.Image, a 3-D image "

@@ -380,7 +380,7 @@ class E5OmniModel(E5OmniPreTrainedModel):
             ):
                 index = order[b * batch_size : (b + 1) * batch_size]
                 decoded = [normalize_item(items[i], i, self.config) for i in index]
-                batch = processor.process_decoded(decoded, role)
+                batch = processor.process_decoded(decoded, role, indices=index)  # messages name list positions
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 chunks.append(self(**batch).embeddings.float().cpu())
         finally:

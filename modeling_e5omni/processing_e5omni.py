@@ -20,6 +20,12 @@ Paths are only ever taken from the media keys. Every item becomes one user messa
 video, in that order) then one text part (prompt + instruction + text), rendered with the backbone chat template
 (``add_generation_prompt=True``) and followed by the eos suffix, whose final hidden state is the embedding.
 
+The text part is tokenised literally: strings such as ``<|im_end|>``, ``<|endoftext|>``, ``<|IMAGE|>`` or
+``<|vision_start|>`` in a text, an instruction or a prompt stay plain text, for every backbone kind. The backbone
+processor only ever sees the template with the text part left empty (so it expands only the template's own media
+placeholders), and the text's ids (`E5OmniProcessor.literal_ids`, which never matches an added token) are spliced in
+before the template tail (see `E5OmniProcessor.process_decoded`).
+
 Media are decoded defensively (see `docs/ARCHITECTURE.md`): image headers are checked against a pixel cap and a format
 allow-list before decoding, audio is read no further than the budget, videos are sampled by seeking. Every refusal is an
 `E5OmniInputError` subclass naming the item index and what was expected.
@@ -30,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +81,20 @@ _MEDIA_GROUPS = {
 _AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 
+# Stands for the text part while the template is rendered (private-use characters no template produces itself).
+_TEXT_MARK = "\ue000e5omni-text\ue001"
+# Per-token keys of a backbone batch and what a spliced text token holds in each (None: the text's own ids).
+_TOKEN_FILL = {"input_ids": None, "attention_mask": 1, "mm_token_type_ids": 0}
+
+
+@dataclass
+class _Rendered:
+    template: str  # chat template + eos suffix with the text part left empty: what the backbone processor gets
+    text_ids: list[int] | None  # literal ids of the text part (None: the item has no text part)
+    tail_ids: list[int] | None  # ids of the template after the text part (<|im_end|> ... eos suffix)
+    head_length: int = 0  # characters of `template` before the text part
+
+
 # ------------------------------------------------------------------------------------------------- the processor
 class E5OmniProcessor:
     """Turns omni items into backbone inputs for `E5OmniModel`.
@@ -87,8 +108,6 @@ class E5OmniProcessor:
         self.backbone_processor = backbone_processor
         self.config = config
         self.tokenizer = backbone_processor.tokenizer
-        media = [getattr(backbone_processor, f"{m}_token", None) for m in ("image", "audio", "video")]
-        self._placeholders = [t for t in media if t]
 
     # ------------------------------------------------------------------------------------------ persistence
     _auto_class = "AutoProcessor"
@@ -146,24 +165,45 @@ class E5OmniProcessor:
         text = f"{prompt}{body}"
         return text if text else None
 
-    def _truncate_text(self, text: str, index: int) -> str:
-        # Byte-level BPE (every Qwen tokenizer) never makes more tokens than UTF-8 bytes: short texts need no count.
-        if len(text.encode("utf-8")) <= self.config.max_length:
-            return text
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def literal_ids(self, text: str) -> list[int]:
+        """Token ids of `text` read as plain text: no added or special token (``<|im_end|>``, ``<|IMAGE|>``, ...) is
+        ever matched, whether the tokenizer marks it special or not.
+
+        Runs the backend tokenizer's own normalizer, pre-tokenizer and BPE model, i.e. exactly what
+        ``tokenizer(text)`` does between added tokens, so text without added-token strings gets the same ids as a plain
+        call (tests/test_text_security.py checks this). ``split_special_tokens=True`` alone is not enough: it still
+        matches added tokens that are not marked special."""
+        backend = self.tokenizer.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+        ids = [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
+        reserved = self._reserved_ids()
+        leaked = sorted({i for i in ids if i in reserved})
+        if leaked:  # a BPE vocabulary that itself holds an added token: never let it through silently
+            raise RuntimeError(f"the tokenizer's BPE model produced reserved token ids {leaked} for plain text")
+        return ids
+
+    def _reserved_ids(self) -> frozenset[int]:
+        reserved = getattr(self, "_reserved", None)
+        if reserved is None:
+            reserved = frozenset(self.tokenizer.added_tokens_decoder) | frozenset(self.tokenizer.all_special_ids)
+            self._reserved = reserved
+        return reserved
+
+    def _truncate_ids(self, ids: list[int], where: str) -> list[int]:
         if len(ids) <= self.config.max_length:
-            return text
+            return ids
         warnings.warn(
-            f"item {index}: text of {len(ids)} tokens truncated to max_length={self.config.max_length}; the chat "
+            f"{where}: text of {len(ids)} tokens truncated to max_length={self.config.max_length}; the chat "
             "template tail and the eos suffix are kept",
-            stacklevel=4,
+            stacklevel=5,
         )
-        return self.tokenizer.decode(ids[: self.config.max_length])
+        return ids[: self.config.max_length]
 
-    def render(self, item: OmniItem, role: str, index: int = 0, prompt: str | None = None) -> str:
-        """The exact string the backbone sees for one item: chat template + eos suffix.
-
-        `prompt` overrides the role's prompt from the config (sentence-transformers passes its own prompts here)."""
+    def _pieces(self, item: OmniItem, role: str, where: str, prompt: str | None = None) -> _Rendered:
+        """The chat template of one item with its text cut out: `template` (what the backbone processor sees, the
+        text part left empty), the literal ids of the text part, and the template tail that follows the text."""
         parts: list[dict] = []
         if item.image is not None:
             parts.append({"type": "image"})
@@ -172,14 +212,33 @@ class E5OmniProcessor:
         if item.video is not None:
             parts.append({"type": "video"})
         text = self._text_part(item, role, prompt)
-        if text is not None:
-            for token in self._placeholders:
-                if token in text:
-                    raise E5OmniInputError(f"text contains the reserved media placeholder {token!r}", index)
-            parts.append({"type": "text", "text": self._truncate_text(text, index)})
+        if text is None:
+            messages = [{"role": "user", "content": parts}]
+            rendered = self.backbone_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return _Rendered(rendered + self.config.eos_suffix, None, None)
+        parts.append({"type": "text", "text": _TEXT_MARK})
         messages = [{"role": "user", "content": parts}]
         rendered = self.backbone_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return rendered + self.config.eos_suffix
+        if rendered.count(_TEXT_MARK) != 1:
+            raise RuntimeError("the backbone chat template does not render the text part exactly once")
+        head, tail = rendered.split(_TEXT_MARK)
+        tail += self.config.eos_suffix
+        tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        ids = self._truncate_ids(self.literal_ids(text), where)
+        return _Rendered(head + tail, ids, tail_ids, len(head))
+
+    def render(self, item: OmniItem, role: str, index: int = 0, prompt: str | None = None) -> str:
+        """The string the backbone sees for one item, for display: chat template + eos suffix.
+
+        The text part (prompt + instruction + text) is shown in place but never tokenised from this string: its ids
+        are `literal_ids` of the text, spliced into the template's ids (see `process_decoded`), so text can never
+        become a control or media token. `prompt` overrides the role's prompt from the config (sentence-transformers
+        passes its own prompts here)."""
+        rendered = self._pieces(item, role, f"item {index}", prompt)
+        if rendered.text_ids is None:
+            return rendered.template
+        cut = rendered.head_length
+        return rendered.template[:cut] + self.tokenizer.decode(rendered.text_ids) + rendered.template[cut:]
 
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, items, role: str = "document", return_tensors: str = "pt") -> BatchFeature:
@@ -191,14 +250,35 @@ class E5OmniProcessor:
         return self.process_decoded(decoded, role, return_tensors=return_tensors)
 
     def process_decoded(
-        self, decoded: list[OmniItem], role: str, return_tensors: str = "pt", prompt: str | None = None
+        self,
+        decoded: list[OmniItem],
+        role: str,
+        return_tensors: str = "pt",
+        prompt: str | None = None,
+        indices: list[int] | None = None,
+        where: list[str] | None = None,
     ) -> BatchFeature:
-        """Tensors for items that were already normalised (`normalize_item`)."""
-        texts = [self.render(item, role, i, prompt) for i, item in enumerate(decoded)]
+        """Tensors for items that were already normalised (`normalize_item`).
+
+        `indices` are the items' positions in the caller's list (`encode` sorts items into batches), used in every
+        message about an item; `where` replaces those labels outright ("item 3" by default).
+
+        Text is airtight against control tokens: the backbone processor gets each item's chat template with an empty
+        text part (so it expands only the media placeholders the template itself holds), and the literal ids of the
+        text part (`literal_ids`) are then spliced into every row just before the template tail
+        (``<|im_end|>`` ... eos suffix), with `attention_mask` 1 and `mm_token_type_ids` 0, and the rows re-padded."""
+        if return_tensors != "pt":
+            raise ValueError(
+                f"E5OmniProcessor returns torch tensors only (return_tensors='pt'), got {return_tensors!r}"
+            )
+        if where is None:
+            indices = list(range(len(decoded))) if indices is None else list(indices)
+            where = [f"item {i}" for i in indices]
+        rendered = [self._pieces(item, role, label, prompt) for item, label in zip(decoded, where, strict=True)]
         images = [d.image for d in decoded if d.image is not None]
         audio = [d.audio for d in decoded if d.audio is not None]
         videos = [d.video for d in decoded if d.video is not None]
-        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": return_tensors}
+        kwargs: dict[str, Any] = {"text": [r.template for r in rendered], "padding": True, "return_tensors": "pt"}
         size = {"shortest_edge": self.config.min_pixels, "longest_edge": self.config.max_pixels}
         if images:
             kwargs["images"] = images
@@ -215,8 +295,62 @@ class E5OmniProcessor:
             kwargs["audio"] = audio
             kwargs["audio_kwargs"] = {"sampling_rate": SAMPLING_RATE}
         batch = self.backbone_processor(**kwargs)
+        self._splice_text(batch, rendered)
         batch["modality_mask"] = torch.tensor([d.modality_mask for d in decoded], dtype=torch.bool)
         return batch
+
+    def _pads_left(self, mask: torch.Tensor) -> bool:
+        """The side the backbone processor padded on (Qwen2.5-Omni's pads left, the VL ones right), read from its
+        output; for an unpadded batch, the side it declares."""
+        if bool((mask[:, 0] == 0).any()):
+            return True
+        if bool((mask[:, -1] == 0).any()):
+            return False
+        declared = getattr(self.backbone_processor, "text_kwargs", None)
+        side = declared.get("padding_side") if isinstance(declared, dict) else None
+        return (side or self.tokenizer.padding_side) == "left"
+
+    def _splice_text(self, batch, rendered: list[_Rendered]) -> None:
+        """Insert each item's literal text ids before its template tail, in place; re-pad on the processor's side."""
+        if all(r.text_ids is None for r in rendered):
+            return
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        per_token = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape]
+        unknown = sorted(set(per_token) - set(_TOKEN_FILL))
+        if unknown:
+            raise RuntimeError(f"the backbone processor returned per-token keys {unknown} that cannot be spliced")
+        rows = []
+        for r, piece in enumerate(rendered):
+            real = mask[r].bool()
+            row = {key: batch[key][r][real] for key in per_token}
+            if piece.text_ids is not None:
+                n = len(piece.tail_ids)
+                if row["input_ids"][len(row["input_ids"]) - n :].tolist() != piece.tail_ids:
+                    raise RuntimeError("the template tail after the text part does not tokenise on its own")
+                cut = len(row["input_ids"]) - n
+                span = len(piece.text_ids)
+                for key, value in row.items():
+                    fill = _TOKEN_FILL[key]
+                    insert = (
+                        torch.tensor(piece.text_ids, dtype=value.dtype)
+                        if fill is None
+                        else torch.full((span,), fill, dtype=value.dtype)
+                    )
+                    row[key] = torch.cat([value[:cut], insert, value[cut:]])
+            rows.append(row)
+        length = max(len(row["input_ids"]) for row in rows)
+        left = self._pads_left(mask)
+        pad_id = self.tokenizer.pad_token_id
+        for key in per_token:
+            pad = pad_id if key == "input_ids" else 0
+            out = torch.full((len(rows), length), pad, dtype=batch[key].dtype)
+            for r, row in enumerate(rows):
+                value = row[key]
+                if left:
+                    out[r, length - len(value) :] = value
+                else:
+                    out[r, : len(value)] = value
+            batch[key] = out
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)

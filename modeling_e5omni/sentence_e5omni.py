@@ -124,6 +124,24 @@ def message_to_item(message: Any, index: int, modalities=MODALITIES) -> dict[str
     return item
 
 
+def batch_label(value: Any, position: int) -> str:
+    """How errors and warnings name an input of a sentence-transformers batch (whose order is not the caller's)."""
+    if is_message(value):
+        kind = "chat message"
+    elif isinstance(value, str):
+        kind = "text"
+    elif isinstance(value, dict):
+        kind = "+".join(m for m in (*MODALITIES, "instruction") if value.get(m) is not None) or "empty dict"
+    elif value is None:
+        kind = "None"
+    else:
+        kind = type(value).__name__
+    return (
+        f"item {position} is position {position} in this sentence-transformers batch, a {kind} input; "
+        "sentence-transformers sorts inputs by length, so this is not the position in your list"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- model card
 class E5OmniModelCardData(SentenceTransformerModelCardData):
     """The stock sentence-transformers card, with a usage snippet that loads the model with trust_remote_code=True."""
@@ -203,12 +221,35 @@ class E5OmniSTModule(InputModule):
 
     # ------------------------------------------------------------------------------------- inputs
     def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, Any]:
+        """One sentence-transformers batch -> features.
+
+        sentence-transformers sorts the inputs by length before it calls this and passes no original positions
+        (6.2), so a position here is one in this batch, not in the caller's list: errors and warnings say so and name
+        the input's kind ("item 3: ... [item 3 is position 3 in this sentence-transformers batch, a text+image
+        input; ...]"); `E5OmniInputError.index` is
+        then None and `batch_position` holds the batch position. `E5OmniModel.encode` names list positions."""
         config = self.auto_model.config
-        if isinstance(inputs, list | tuple):
-            inputs = [message_to_item(x, i, config.modalities) if is_message(x) else x for i, x in enumerate(inputs)]
-        items = check_items(inputs, config.modalities)
-        decoded = [normalize_item(item, i, config) for i, item in enumerate(items)]
-        return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt))
+        raw = list(inputs) if isinstance(inputs, list | tuple) else None
+        try:
+            if raw is not None:
+                inputs = [message_to_item(x, i, config.modalities) if is_message(x) else x for i, x in enumerate(raw)]
+            items = check_items(inputs, config.modalities)
+            where = [
+                f"item {i} [{batch_label(raw[i] if raw is not None else item, i)}]" for i, item in enumerate(items)
+            ]
+            decoded = [normalize_item(item, i, config) for i, item in enumerate(items)]
+            return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt, where=where))
+        except E5OmniInputError as err:
+            if err.index is None:
+                raise
+            position, err.index = err.index, None
+            label = batch_label(raw[position] if raw is not None and position < len(raw) else None, position)
+            message = str(err.args[0]) if err.args else ""
+            prefix = f"item {position}: "
+            body = message[len(prefix) :] if message.startswith(prefix) else message
+            err.args = (f"item {position}: {body} [{label}]",)
+            err.batch_position = position
+            raise
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         output = self.auto_model(**features)
@@ -310,4 +351,11 @@ def sentence_transformer(
     )
 
 
-__all__ = ["E5OmniMessageError", "E5OmniModelCardData", "E5OmniSTModule", "message_to_item", "sentence_transformer"]
+__all__ = [
+    "E5OmniMessageError",
+    "E5OmniModelCardData",
+    "E5OmniSTModule",
+    "batch_label",
+    "message_to_item",
+    "sentence_transformer",
+]

@@ -52,7 +52,6 @@ def write_mp4(path, frames: np.ndarray, fps: int = 4) -> None:
         ([{"audio": {"array": np.zeros(10)}}], "item 0: audio dict must have 'array' and 'sampling_rate'"),
         ([{"audio": np.zeros((2, 3, 4))}], "item 0: audio must be 1-D"),
         ([{"audio": np.array([], dtype=np.float32)}], "item 0: audio has no samples"),
-        ([{"text": "look: <|IMAGE|>"}], "item 0: text contains the reserved media placeholder"),
     ],
 )
 def test_bad_items_are_named(omni_model, items, message):
