@@ -28,6 +28,7 @@ class E5OmniInputError(ValueError):
 
     def __init__(self, message: str, index: int | None = None):
         self.index = index
+        self.reason = message  # what is wrong, without the position (batch jobs name the item by its id)
         super().__init__(message if index is None else f"item {index}: {message}")
 
 

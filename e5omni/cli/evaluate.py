@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from e5omni.cli.common import load_inference_model, positive_int
 from e5omni.data import DataError, to_corpus
 from e5omni.data.specs import SPEC_FORMS, load_data_spec
 from e5omni.evaluation import (
@@ -29,17 +28,6 @@ from e5omni.evaluation import (
 )
 
 __all__ = ["add_eval_parser", "run_eval"]
-
-
-def positive_int(text: str) -> int:
-    """argparse type of every count option of the CLI."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -66,13 +54,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from transformers import AutoModel
-
     examples = load_data_spec(args.data, split="test", media_root=args.media_root, limit=args.limit)
     corpus = to_corpus(examples)
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = load_inference_model(args.model)
     embeddings = encode_corpus(model, corpus, batch_size=args.batch_size, cache_path=args.cache)
     metrics = evaluate_retrieval(model, corpus, ks=args.ks, embeddings=embeddings, calibrated=args.calibrated)
     diagnostics = alignment_diagnostics(model, corpus, embeddings)

@@ -11,22 +11,14 @@ import json
 import sys
 from typing import Any
 
-from e5omni.cli.evaluate import positive_int
-
-
-def _load_model(name: str):
-    import torch
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(name, trust_remote_code=True)
-    return model.to("cuda") if torch.cuda.is_available() else model
+from e5omni.cli.common import load_inference_model, positive_int
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from e5omni.index import CorpusIndex, IndexBuildError, build_corpus
 
     try:
-        model = _load_model(args.model)
+        model = load_inference_model(args.model)
         summary = build_corpus(
             model,
             args.source,
@@ -78,7 +70,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not name:
             raise ValueError("the manifest names no model path: pass --model")
         results = index.search(
-            _load_model(name), _query(args), k=args.k, instruction=args.instruction, calibrated=args.calibrated
+            load_inference_model(name), _query(args), k=args.k, instruction=args.instruction, calibrated=args.calibrated
         )
     except (IndexBuildError, FileNotFoundError, ValueError, E5OmniInputError) as err:  # a bad query item too
         print(f"e5omni search: {err}", file=sys.stderr)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +48,7 @@ class BuildSummary:
     shards: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
-    errors_by_type: dict[str, int] = field(default_factory=dict)
+    errors_by_type: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,12 +60,6 @@ class BuildSummary:
             "seconds": round(self.seconds, 2),
             "errors_by_type": dict(sorted(self.errors_by_type.items())),
         }
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def contract(model: Any, truncate_dim: int | None) -> dict[str, Any]:
@@ -110,11 +104,7 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
-_BATCH_INDEX = re.compile(r"^item \d+: ")
-
-
 def _error_line(record: Record, error_type: str, message: str, shard: int) -> dict[str, Any]:
-    message = _BATCH_INDEX.sub("", message)  # the model numbers items within its batch; the id names the item here
     return {"id": record.id, "source": record.source, "error": error_type, "message": message, "shard": shard}
 
 
@@ -142,9 +132,9 @@ def _embed_chunk(model, records: list[Record], batch_size: int, truncate_dim: in
                                 [good[i].item], show_progress_bar=False, truncate_dim=truncate_dim
                             )[0].numpy()
                         except E5OmniInputError as one:
-                            failures[i] = (type(one).__name__, str(one))
+                            failures[i] = (type(one).__name__, one.reason)
                     break
-                failures[pending[culprit]] = (type(err).__name__, str(err))
+                failures[pending[culprit]] = (type(err).__name__, err.reason)
                 pending.pop(culprit)
                 continue
             for i, vector in zip(pending, out.numpy(), strict=True):
@@ -153,12 +143,18 @@ def _embed_chunk(model, records: list[Record], batch_size: int, truncate_dim: in
     return good, vectors, failures
 
 
-def _modalities(item: Any) -> list[str]:
+def modality_names(item: Any) -> list[str]:
+    """["text", "image"] for a text+image item (the data layer's check, so the same rules as encode)."""
+    from e5omni.data.items import item_modalities
     from modeling_e5omni.configuration_e5omni import MODALITIES
 
-    if isinstance(item, str):
-        return ["text"]
-    return [m for m in MODALITIES if isinstance(item, dict) and item.get(m) is not None]
+    return [m for m, present in zip(MODALITIES, item_modalities(item), strict=True) if present]
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
@@ -234,9 +230,7 @@ def build_corpus(
                 kept_errors.append(line)
     (out / ERRORS).write_text("".join(line + "\n" for line in kept_errors))
     summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept_errors))
-    for line in kept_errors:
-        kind = json.loads(line)["error"]
-        summary.errors_by_type[kind] = summary.errors_by_type.get(kind, 0) + 1
+    summary.errors_by_type.update(json.loads(line)["error"] for line in kept_errors)
 
     is_path = isinstance(source, (str, os.PathLike))
     records = iter_source(source, media_root) if is_path else iter(source)
@@ -264,7 +258,7 @@ def build_corpus(
                         {
                             "id": record.id,
                             "source": record.source,
-                            "modalities": _modalities(record.item),
+                            "modalities": modality_names(record.item),
                             "content_hash": content_hash(record.item),
                             "vector": vectors[i],
                         }
@@ -275,11 +269,10 @@ def build_corpus(
                 for entry in errors:
                     handle.write(json.dumps(entry) + "\n")
             finished.append({"name": name, "rows": len(rows), "errors": len(errors)})
-            _write_json_atomic(out / MANIFEST, manifest)
+            write_json_atomic(out / MANIFEST, manifest)
             summary.embedded += len(rows)
             summary.failed += len(errors)
-            for entry in errors:
-                summary.errors_by_type[entry["error"]] = summary.errors_by_type.get(entry["error"], 0) + 1
+            summary.errors_by_type.update(entry["error"] for entry in errors)
             bar.update(len(chunk))
             bar.set_postfix(failed=summary.failed)
             if max_errors is not None and summary.failed > max_errors:
@@ -289,5 +282,5 @@ def build_corpus(
     summary.seconds = time.perf_counter() - start
     manifest["finished"] = not summary.stopped_early
     manifest["counts"] = {"embedded": summary.embedded, "failed": summary.failed, "shards": summary.shards}
-    _write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     return summary

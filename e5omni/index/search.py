@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from e5omni.index.build import MANIFEST, SHARDS, IndexBuildError, read_manifest
+from e5omni.index.build import MANIFEST, SHARDS, IndexBuildError, modality_names, read_manifest, write_json_atomic
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.json"
@@ -109,7 +109,6 @@ class CorpusIndex:
     @classmethod
     def build(cls, folder: str | os.PathLike, kind: str = "flat") -> CorpusIndex:
         """Index every finished shard of `folder` and write `index.faiss` + `rows.json` next to them."""
-        faiss = _faiss()
         manifest = read_manifest(folder)
         rows, vectors = read_shards(folder)
         index = make_index(kind, vectors.shape[1], len(vectors))
@@ -121,7 +120,6 @@ class CorpusIndex:
             index.add(vectors)
         out = cls(folder, manifest, rows, index, kind)
         out.save()
-        del faiss
         return out
 
     def save(self) -> None:
@@ -134,8 +132,7 @@ class CorpusIndex:
         os.replace(self.folder / (ROWS_FILE + ".tmp"), self.folder / ROWS_FILE)
         manifest = read_manifest(self.folder)
         manifest["search_index"] = {"kind": self.kind, "vectors": int(self.index.ntotal)}
-        (self.folder / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(self.folder / (MANIFEST + ".tmp"), self.folder / MANIFEST)
+        write_json_atomic(self.folder / MANIFEST, manifest)
         self.manifest = manifest
 
     @classmethod
@@ -196,8 +193,7 @@ class CorpusIndex:
         if calibrated and results:
             from modeling_e5omni.modeling_e5omni import modality_mask_of
 
-            query_item = query if not isinstance(query, str) else {"text": query}
-            query_mods = [m for m in ("text", "image", "audio", "video") if _has(query_item, m)]
+            query_mods = modality_names(query)
             tau = model.pair_temperature(
                 modality_mask_of([query_mods], 1), modality_mask_of([r.modalities for r in results], len(results))
             )[0]
@@ -216,14 +212,6 @@ class CorpusIndex:
         self.check_model(model)
         truncate = self.manifest["contract"]["truncate_dim"]
         vectors = model.encode_document(items, show_progress_bar=False, truncate_dim=truncate).numpy()
-        from e5omni.index.build import _modalities
-
         self.index.add(vectors.astype(np.float32))
         for item, rid, source in zip(items, ids, sources or ids, strict=True):
-            self.rows.append({"id": rid, "source": source, "modalities": _modalities(item), "content_hash": None})
-
-
-def _has(item: Any, modality: str) -> bool:
-    if isinstance(item, dict):
-        return item.get(modality) is not None
-    return modality == "image"
+            self.rows.append({"id": rid, "source": source, "modalities": modality_names(item), "content_hash": None})
