@@ -57,7 +57,13 @@ class E5OmniConfig(PreTrainedConfig):
         clip's frame count, floored to an even number), spread uniformly over the whole clip and fetched by
         seeking. Video arrays are taken as given, uniformly subsampled to `max_frames`.
     max_audio_seconds (`float`):
-        Audio longer than this is truncated (with a warning) before feature extraction.
+        Audio longer than this is truncated (with a warning) before feature extraction; so is a video's audio track.
+    use_audio_in_video (`bool`, *optional*):
+        Whether a video file's audio track is embedded with its frames (Qwen2.5-Omni interleaves them in 2-second
+        chunks, as the model card's `process_mm_info(..., use_audio_in_video=True)` path does); the item's modality
+        mask then shows audio too. Defaults to True where the backbone takes audio (what the released e5-omni models
+        do) and False otherwise; True on a backbone without audio is refused. Videos without an audio track, and
+        video arrays, are embedded from their frames alone.
     max_length (`int`, defaults to 512):
         Token budget of one item; longer text is truncated, keeping the template tail and the eos suffix.
     temperature_init (`float`, defaults to 0.02):
@@ -74,7 +80,8 @@ class E5OmniConfig(PreTrainedConfig):
     image_formats (`list[str]`):
         Allow-list of image container formats.
     allow_remote_media (`bool`, defaults to `False`):
-        Whether URL strings in media keys may be fetched. Off: nothing reaches the network.
+        Whether URL strings in media keys may be fetched. Off: nothing reaches the network. On: http(s) only
+        (other schemes are refused), at most `max_remote_bytes` per body (default 200 MB), failures typed.
     """
 
     model_type = "e5omni"
@@ -97,6 +104,7 @@ class E5OmniConfig(PreTrainedConfig):
     max_frames: int = 32
     fps: float = 2.0
     max_audio_seconds: float = 30.0
+    use_audio_in_video: bool | None = None
     max_length: int = 512
     temperature_init: float = 0.02
     temperature_min: float = 0.005
@@ -107,6 +115,7 @@ class E5OmniConfig(PreTrainedConfig):
     track_whitening_stats: bool = True
     image_formats: list[str] | None = None
     allow_remote_media: bool = False
+    max_remote_bytes: int = 200_000_000
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -129,7 +138,7 @@ class E5OmniConfig(PreTrainedConfig):
                 "temperatures must satisfy 0 < temperature_min <= temperature_init <= temperature_max, got "
                 f"{self.temperature_min}, {self.temperature_init}, {self.temperature_max}"
             )
-        for name in ("max_pixels", "min_pixels", "max_frames", "max_length", "max_decode_pixels"):
+        for name in ("max_pixels", "min_pixels", "max_frames", "max_length", "max_decode_pixels", "max_remote_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.video_max_pixels is None:
@@ -140,6 +149,13 @@ class E5OmniConfig(PreTrainedConfig):
             raise ValueError("min_pixels must not exceed max_pixels (images and video frames)")
         if self.max_audio_seconds <= 0 or self.fps <= 0:
             raise ValueError("max_audio_seconds and fps must be positive")
+        takes_audio_video = "audio" in self.modalities and "video" in self.modalities
+        if self.use_audio_in_video is None:
+            self.use_audio_in_video = takes_audio_video
+        elif self.use_audio_in_video and not takes_audio_video:
+            raise ValueError(
+                f"use_audio_in_video=True needs a backbone that takes audio and video; modalities are {self.modalities}"
+            )
 
     @property
     def hidden_size(self) -> int:

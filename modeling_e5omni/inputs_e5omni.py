@@ -58,10 +58,17 @@ class OmniItem:
     audio: np.ndarray | None = None  # float32 mono 16 kHz
     video: np.ndarray | None = None  # uint8 (T, H, W, 3)
     instruction: str | None = None
+    video_audio: np.ndarray | None = None  # the video file's audio track, float32 mono 16 kHz (use_audio_in_video)
 
     @property
     def modality_mask(self) -> list[bool]:
-        return [self.text is not None, self.image is not None, self.audio is not None, self.video is not None]
+        has_audio = self.audio is not None or self.video_audio is not None
+        return [self.text is not None, self.image is not None, has_audio, self.video is not None]
+
+    @property
+    def audio_rows(self) -> int:
+        """Audio inputs this item feeds the audio tower: its own audio and its video's track."""
+        return int(self.audio is not None) + int(self.video_audio is not None)
 
 
 _ITEM_KEYS = frozenset({"text", "image", "audio", "video", "instruction"})

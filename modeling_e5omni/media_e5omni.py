@@ -36,7 +36,14 @@ SAMPLING_RATE = 16_000
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def _local_path(value, index: int, kind: str, allow_remote: bool) -> Path | bytes:
+#: Default cap on one fetched media body (config.max_remote_bytes overrides it).
+MAX_REMOTE_BYTES = 200_000_000
+_REMOTE_SCHEMES = ("http", "https")
+
+
+def _local_path(value, index: int, kind: str, allow_remote: bool, max_bytes: int = MAX_REMOTE_BYTES) -> Path | bytes:
+    """A local file's path, or (remote media switched on) the bytes of an http(s) URL, read no further than
+    `max_bytes`. Other URL schemes (file:, ftp:, data:) are refused: a URL never reads a local path."""
     text = os.fspath(value)
     if _URL.match(text):
         if not allow_remote:
@@ -45,14 +52,43 @@ def _local_path(value, index: int, kind: str, allow_remote: bool) -> Path | byte
                 "config.allow_remote_media=True to let the processor fetch it",
                 index,
             )
-        import urllib.request
-
-        with urllib.request.urlopen(text, timeout=30) as response:  # noqa: S310 - opt-in only
-            return response.read()
+        return _fetch(text, index, kind, max_bytes)
     path = Path(text).expanduser()
     if not path.is_file():
         raise MediaDecodeError(f"{kind} file not found: {text!r}", index)
     return path
+
+
+def _fetch(url: str, index: int, kind: str, max_bytes: int) -> bytes:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in _REMOTE_SCHEMES:
+        raise RemoteMediaError(f"{kind} URL scheme {scheme!r} is not fetched (only http and https)", index)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - opt-in, http(s) only
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise RemoteMediaError(
+                    f"{kind} URL {url!r} declares {int(declared)} bytes, more than max_remote_bytes={max_bytes}",
+                    index,
+                )
+            body = response.read(max_bytes + 1)  # never more than the cap (+1 to tell a body that is too long)
+    except RemoteMediaError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as err:  # HTTPError is a URLError; timeouts are OSErrors
+        raise RemoteMediaError(f"cannot fetch {kind} URL {url!r}: {err}", index) from err
+    if len(body) > max_bytes:
+        raise RemoteMediaError(f"{kind} URL {url!r} sent more than max_remote_bytes={max_bytes} bytes", index)
+    return body
+
+
+def _remote(config: E5OmniConfig | None) -> tuple[bool, int]:
+    if config is None:
+        return False, MAX_REMOTE_BYTES
+    return bool(config.allow_remote_media), int(getattr(config, "max_remote_bytes", MAX_REMOTE_BYTES))
 
 
 def _channel_axis(shape: tuple[int, ...], axes: tuple[int, int], channels: tuple[int, ...]) -> int | None:
@@ -174,7 +210,7 @@ def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
             except (OSError, SyntaxError, ValueError) as err:
                 raise MediaDecodeError(f"image is truncated or corrupt: {err}", index) from err
     else:
-        source = _local_path(value, index, "image", config.allow_remote_media)
+        source = _local_path(value, index, "image", *_remote(config))
         Image.init()
         plugins = [name for name in _allowed_formats(config) if name in Image.OPEN]
         try:  # only the allowed plugins may even look at the file
@@ -247,7 +283,7 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
     return (array.astype(np.float64) / scale).astype(np.float32)
 
 
-def load_audio(value, index: int, max_seconds: float) -> np.ndarray:
+def load_audio(value, index: int, max_seconds: float, config: E5OmniConfig | None = None) -> np.ndarray:
     """Audio -> float32 mono 16 kHz, truncated to `max_seconds` (files are read no further than that).
 
     Integer arrays are PCM (scaled per channel before any mix-down); float arrays must be finite with magnitude at
@@ -260,7 +296,7 @@ def load_audio(value, index: int, max_seconds: float) -> np.ndarray:
     elif isinstance(value, np.ndarray | torch.Tensor):
         raw, rate = value, SAMPLING_RATE
     else:
-        raw, rate = _read_audio_file(value, index, max_seconds)
+        raw, rate = _read_audio_file(value, index, max_seconds, config)
     array = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw)
     if array.dtype == np.bool_ or not (
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
@@ -315,8 +351,8 @@ def _declares_missing_data(extra_info: str) -> bool:
     return False
 
 
-def _read_audio_file(value, index: int, max_seconds: float) -> tuple[np.ndarray, int]:
-    source = _local_path(value, index, "audio", False)
+def _read_audio_file(value, index: int, max_seconds: float, config: E5OmniConfig | None) -> tuple[np.ndarray, int]:
+    source = _local_path(value, index, "audio", *_remote(config))
     try:
         import soundfile as sf
 
@@ -421,7 +457,7 @@ def video_frame_indices(total_frames: int, count: int) -> list[int]:
     return torch.linspace(0, total_frames - 1, count).round().long().tolist()
 
 
-def load_video(value, index: int, config: E5OmniConfig) -> np.ndarray:
+def load_video(value, index: int, config: E5OmniConfig, source: Path | bytes | None = None) -> np.ndarray:
     """Video -> uint8 frames (T, H, W, 3), at most `max_frames`.
 
     Files: `video_frame_count` frames (the qwen-omni-utils rule at `fps`), uniformly spread over the whole clip,
@@ -440,7 +476,8 @@ def load_video(value, index: int, config: E5OmniConfig) -> np.ndarray:
             keep = np.linspace(0, frames.shape[0] - 1, config.max_frames).round().astype(int)
             frames = frames[keep]
         return np.ascontiguousarray(frames)
-    source = _local_path(value, index, "video", config.allow_remote_media)
+    if source is None:
+        source = _local_path(value, index, "video", *_remote(config))
     try:
         return _read_video_av(source, config, index)
     except E5OmniInputError:
@@ -546,6 +583,66 @@ def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np
     return np.stack(frames)
 
 
+def load_video_audio(value, index: int, config: E5OmniConfig, source: Path | bytes | None = None) -> np.ndarray | None:
+    """A video file's first audio track -> float32 mono 16 kHz (None when the file has none, or for arrays).
+
+    Decoded as the model card's reference does (qwen-omni-utils: ffmpeg to PCM, channels averaged, soxr HQ to
+    16 kHz), read no further than `max_audio_seconds` (with a warning, like audio files)."""
+    if isinstance(value, _ARRAY):
+        return None
+    if source is None:
+        source = _local_path(value, index, "video", *_remote(config))
+    try:
+        with _open_video(source) as container:
+            if not container.streams.audio:
+                return None
+            array, rate, truncated = _decode_audio_stream(container, config.max_audio_seconds)
+    except E5OmniInputError:
+        raise
+    except Exception as err:
+        raise MediaDecodeError(f"cannot decode the audio track of video {value!s}: {err}", index) from err
+    if truncated:
+        warnings.warn(
+            f"item {index}: the audio track of video {value!s} is longer than max_audio_seconds="
+            f"{config.max_audio_seconds}; truncated",
+            stacklevel=3,
+        )
+    if array.size == 0:
+        return None  # an audio stream with no samples: the frames alone
+    return load_audio({"array": array, "sampling_rate": rate}, index, config.max_audio_seconds)
+
+
+def _decode_audio_stream(container, max_seconds: float) -> tuple[np.ndarray, int, bool]:
+    """(samples, channels) float32 at the stream's own rate, at most `max_seconds` (+ whether it was cut)."""
+    import av
+
+    stream = container.streams.audio[0]
+    rate = int(stream.rate or stream.sample_rate or 0)
+    if rate <= 0:
+        raise ValueError("the audio track declares no sample rate")
+    limit = int(max_seconds * rate)
+    # Format conversion only (same rate, same channels): integer PCM becomes x / 2**(bits-1), as ffmpeg's s16
+    # output read by librosa does; the mix-down and the resampling stay ours (the reference's: mean, soxr HQ).
+    converter = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+    chunks, total, truncated = [], 0, False
+    for frame in container.decode(stream):
+        for out in converter.resample(frame):
+            data = out.to_ndarray()  # (channels, samples), planar float
+            chunks.append(data)
+            total += data.shape[1]
+        if total > limit:
+            truncated = True
+            break
+    for out in converter.resample(None):  # flush
+        chunks.append(out.to_ndarray())
+    if not chunks:
+        return np.zeros((0, 1), np.float32), rate, False
+    array = np.concatenate(chunks, axis=1).T
+    if array.shape[0] > limit:
+        array, truncated = array[:limit], True
+    return np.ascontiguousarray(array, dtype=np.float32), rate, truncated
+
+
 def normalize_item(item, index: int, config: E5OmniConfig) -> OmniItem:
     """Decode one (already checked) item into an `OmniItem`."""
     if isinstance(item, str):
@@ -556,7 +653,11 @@ def normalize_item(item, index: int, config: E5OmniConfig) -> OmniItem:
     if item.get("image") is not None:
         out.image = load_image(item["image"], index, config)
     if item.get("audio") is not None:
-        out.audio = load_audio(item["audio"], index, config.max_audio_seconds)
+        out.audio = load_audio(item["audio"], index, config.max_audio_seconds, config)
     if item.get("video") is not None:
-        out.video = load_video(item["video"], index, config)
+        video = item["video"]
+        source = None if isinstance(video, _ARRAY) else _local_path(video, index, "video", *_remote(config))
+        out.video = load_video(video, index, config, source)  # one fetch or open for frames and track
+        if config.use_audio_in_video:
+            out.video_audio = load_video_audio(video, index, config, source)
     return out

@@ -294,6 +294,11 @@ class E5OmniModel(E5OmniPreTrainedModel):
         if input_ids is None or attention_mask is None:
             raise ValueError("E5OmniModel.forward needs input_ids and attention_mask (use the processor)")
         backbone_inputs = {k: v for k, v in inputs.items() if k in BACKBONE_INPUTS and v is not None}
+        video_audio = inputs.get("video_audio")
+        if video_audio is not None and bool(video_audio.any()):  # videos with their audio track interleaved
+            backbone_inputs.update(
+                self._audio_in_video_inputs(input_ids, attention_mask, modality_mask, video_audio, inputs)
+            )
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_inputs)
         hidden = outputs.last_hidden_state  # (B, L, D)
         if self.training and torch.is_grad_enabled():
@@ -312,6 +317,35 @@ class E5OmniModel(E5OmniPreTrainedModel):
             )
         embeddings = unit if self.config.normalize else pooled
         return E5OmniOutput(embeddings=embeddings, last_hidden_state=hidden, modality_mask=modality_mask)
+
+    def _audio_in_video_inputs(self, input_ids, attention_mask, modality_mask, video_audio, inputs) -> dict:
+        """Qwen2.5-Omni's position ids take one `use_audio_in_video` flag per call. When every video of the batch
+        carries its audio track, that flag is set; when some videos are silent, the position ids are computed row
+        by row with each row's own flag (the same numbers a batch of that row alone would get)."""
+        if modality_mask is None:
+            raise ValueError("video_audio needs the modality_mask that says which rows hold a video")
+        has_video = modality_mask[:, MODALITIES.index("video")].bool().to(video_audio.device)
+        if bool((video_audio.bool() == has_video).all()):
+            return {"use_audio_in_video": True}
+        from .processing_e5omni import slice_features
+
+        features = {k: v for k, v in inputs.items() if v is not None}
+        features.update(input_ids=input_ids, attention_mask=attention_mask, modality_mask=modality_mask)
+        rows = []
+        for row in range(input_ids.shape[0]):
+            part = slice_features(features, row, row + 1)
+            lengths = part.get("feature_attention_mask")
+            position_ids, _ = self.backbone.get_rope_index(
+                part["input_ids"],
+                part.get("image_grid_thw"),
+                part.get("video_grid_thw"),
+                part["attention_mask"],
+                bool(video_audio[row]),
+                lengths.sum(-1) if lengths is not None else None,
+                part.get("video_second_per_grid"),
+            )
+            rows.append(position_ids)
+        return {"position_ids": torch.cat(rows, dim=1)}
 
     def _absent_tower_anchor(self, backbone_inputs: dict) -> torch.Tensor | None:
         """A scalar 0.0 that depends on every trainable parameter of the media towers this batch does not reach.

@@ -72,7 +72,15 @@ logger = logging.getLogger(__name__)
 PROCESSOR_CONFIG = "processor_config.json"
 
 # Keys of a processed batch that are indexed by item (first dimension = batch size).
-ITEM_KEYS = ("input_ids", "attention_mask", "modality_mask", "content_hash", "mm_token_type_ids")
+ITEM_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "modality_mask",
+    "content_hash",
+    "mm_token_type_ids",
+    "video_audio",
+    "audio_rows",
+)
 # Media keys, grouped by the modality whose items they belong to, with the row-count rule of each.
 _MEDIA_GROUPS = {
     "image": ("pixel_values", "image_grid_thw", ()),
@@ -291,12 +299,29 @@ class E5OmniProcessor:
                 "fps": self.config.fps,
                 "cap_pixels_per_frame": True,
             }
+        with_track = any(d.video_audio is not None for d in decoded)
+        if with_track:  # a video's audio track: an audio slot without a placeholder, interleaved with its frames
+            audio, from_video, video_number = [], [], 0
+            for d in decoded:
+                if d.audio is not None:
+                    audio.append(d.audio)
+                    from_video.append(None)
+                if d.video is not None:
+                    if d.video_audio is not None:
+                        audio.append(d.video_audio)
+                        from_video.append(video_number)
+                    video_number += 1
+            kwargs["load_audio_from_video"] = True
+            kwargs["audio_from_video_indices"] = from_video
         if audio:
             kwargs["audio"] = audio
             kwargs["audio_kwargs"] = {"sampling_rate": SAMPLING_RATE}
         batch = self.backbone_processor(**kwargs)
         self._splice_text(batch, rendered)
         batch["modality_mask"] = torch.tensor([d.modality_mask for d in decoded], dtype=torch.bool)
+        if with_track:  # which rows' videos carry their audio (the model's position ids), and audio rows per item
+            batch["video_audio"] = torch.tensor([d.video_audio is not None for d in decoded], dtype=torch.bool)
+            batch["audio_rows"] = torch.tensor([d.audio_rows for d in decoded], dtype=torch.long)
         return batch
 
     def _pads_left(self, mask: torch.Tensor) -> bool:
@@ -392,7 +417,11 @@ def slice_features(features: dict, start: int, end: int) -> dict:
             if extra in features:
                 out[extra] = features[extra][first:last]
     if _AUDIO_KEYS[0] in features:
-        first, last = _counts_before(mask[:, MODALITIES.index("audio")], start, end)
+        # audio rows per item: its own audio and its video's track (`audio_rows`), else one per audio item
+        rows_per_item = features.get("audio_rows")
+        if rows_per_item is None:
+            rows_per_item = mask[:, MODALITIES.index("audio")]
+        first, last = _counts_before(rows_per_item, start, end)
         if first != last:
             for key in _AUDIO_KEYS:
                 if key in features:

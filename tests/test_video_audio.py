@@ -1,0 +1,236 @@
+"""A video's audio track (`use_audio_in_video`): decoded like the reference, interleaved like the model card.
+
+The model card embeds a video document with `process_mm_info(message, use_audio_in_video=True)`: the video's audio
+track becomes an audio slot that the Qwen2.5-Omni processor interleaves with the frames in 2-second chunks, and the
+thinker's position ids are computed with `use_audio_in_video=True`. Files are made here with PyAV: Matroska with
+16-bit PCM (mono 16 kHz and stereo 44.1 kHz) and an MP4 with AAC; an MP4 without audio is the fallback case.
+
+Measured when written (PyAV 18, librosa 0.11, soxr): the PCM tracks equal the reference's decode (audioread + ffmpeg
+s16 output + librosa soxr HQ) exactly (max abs diff 0, 16 kHz mono and 44.1 kHz stereo); AAC differs by the decoder path (length
+within 1%). Embeddings of our file path vs the card's path (the reference processor fed the reference's decoded
+frames and track, `use_audio_in_video=True` in processor and forward) agree to < 1e-5.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from modeling_e5omni import E5OmniConfig
+from modeling_e5omni.media_e5omni import load_video_audio
+from tests.conftest import make_audio, make_image, tiny
+from tests.reference import reference_embed
+
+os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
+HAS_DECORD = importlib.util.find_spec("decord") is not None
+HAS_FFMPEG = shutil.which("ffmpeg") is not None
+
+
+def _skip(reason: str):
+    print(f"SKIPPED: {reason}")
+    pytest.skip(reason)
+
+
+def write_clip(
+    path,
+    seconds: float = 1.8,
+    fps: int = 10,
+    size: int = 56,
+    audio: str | None = "pcm_s16le",
+    rate: int = 16000,
+    channels: int = 1,
+    video: bool = True,
+) -> None:
+    """A clip whose picture changes every frame and whose sound is a tone that changes pitch every half second."""
+    n = int(seconds * fps)
+    with av.open(str(path), "w") as container:
+        vstream = container.add_stream("mpeg4", rate=fps) if video else None
+        if vstream is not None:
+            vstream.width = vstream.height = size
+            vstream.pix_fmt = "yuv420p"
+        astream = None
+        if audio is not None:
+            astream = container.add_stream(audio, rate=rate, layout="mono" if channels == 1 else "stereo")
+        if vstream is not None:
+            for i in range(n):
+                frame = np.zeros((size, size, 3), np.uint8)
+                frame[:] = (i * 9 % 256, 255 - i * 9 % 256, i * 41 % 256)
+                frame[(i % 7) * 8 : (i % 7) * 8 + 8] = 255
+                for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in vstream.encode():
+                container.mux(packet)
+        if astream is not None:
+            t = np.arange(int(seconds * rate)) / rate
+            pitch = 220 * (1 + np.floor(t * 2))
+            tone = 0.4 * np.sin(2 * np.pi * pitch * t)
+            samples = np.stack([tone, -0.5 * tone]) if channels == 2 else tone[None]
+            pcm = (samples * 32767).astype(np.int16)
+            fmt = "s16" if audio.startswith("pcm") else "fltp"
+            step = 1024
+            for start in range(0, pcm.shape[1], step):
+                chunk = pcm[:, start : start + step]
+                if fmt == "s16":
+                    data = np.ascontiguousarray(chunk.T.reshape(1, -1))
+                else:
+                    data = np.ascontiguousarray(chunk.astype(np.float32) / 32768)
+                frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono" if channels == 1 else "stereo")
+                frame.sample_rate = rate
+                frame.pts = start
+                for packet in astream.encode(frame):
+                    container.mux(packet)
+            for packet in astream.encode():
+                container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny("qwen2.5-omni")
+
+
+def _reference(path, fps: float, max_frames: int, config=None, in_video: bool = True):
+    """The reference's decode of one video message (`process_mm_info`, use_audio_in_video as given)."""
+    from qwen_omni_utils import process_mm_info
+
+    element = {"type": "video", "video": str(path), "fps": fps, "max_frames": max_frames}
+    element.update(resized_height=56, resized_width=56)  # the frames' own size: compare decoding, not resizing
+    audios, _, videos = process_mm_info([{"role": "user", "content": [element]}], use_audio_in_video=in_video)
+    return audios, videos
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+def test_default_follows_the_backbone_and_is_saved(tmp_path, model):
+    assert model.config.use_audio_in_video is True  # Qwen2.5-Omni: what the released models do
+    vl = tiny("qwen2-vl")
+    assert vl.config.use_audio_in_video is False  # no audio tower
+    with pytest.raises(ValueError, match="use_audio_in_video=True needs a backbone that takes audio"):
+        E5OmniConfig(backbone_config=vl.config.backbone_config.to_dict(), use_audio_in_video=True)
+    model.config.save_pretrained(tmp_path)
+    assert E5OmniConfig.from_pretrained(tmp_path).use_audio_in_video is True
+    off = E5OmniConfig.from_pretrained(tmp_path, use_audio_in_video=False)
+    off.save_pretrained(tmp_path / "off")
+    assert E5OmniConfig.from_pretrained(tmp_path / "off").use_audio_in_video is False
+
+
+# ------------------------------------------------------------------------------------------------------ decoding
+@pytest.mark.parametrize(("rate", "channels", "tolerance"), [(16000, 1, 0.0), (44100, 2, 1e-6)])
+def test_pcm_track_matches_reference(model, tmp_path, rate, channels, tolerance):
+    if not (HAS_DECORD and HAS_FFMPEG):
+        _skip("the reference reads the video with decord and its audio track with the ffmpeg program")
+    path = tmp_path / "clip.mkv"
+    write_clip(path, rate=rate, channels=channels)
+    ours = load_video_audio(str(path), 0, model.config)
+    audios, _ = _reference(path, model.config.fps, model.config.max_frames)
+    ref = audios[0]
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    diff = float(np.abs(ours.astype(np.float64) - ref).max())
+    print(f"PCM track {rate} Hz x{channels}: {ours.shape[0]} samples, max abs diff {diff:.2e}")
+    assert diff <= tolerance
+
+
+def test_aac_track_close_to_reference(model, tmp_path):
+    if not (HAS_DECORD and HAS_FFMPEG):
+        _skip("the reference reads the video with decord and its audio track with the ffmpeg program")
+    path = tmp_path / "clip.mp4"
+    write_clip(path, audio="aac", rate=44100)
+    ours = load_video_audio(str(path), 0, model.config)
+    audios, _ = _reference(path, model.config.fps, model.config.max_frames)
+    ref = audios[0]
+    assert abs(ours.shape[0] - ref.shape[0]) <= 0.01 * ref.shape[0], (ours.shape, ref.shape)
+
+
+def test_track_is_bounded_by_max_audio_seconds(model, tmp_path):
+    path = tmp_path / "long.mkv"
+    write_clip(path, seconds=4.0)
+    config = E5OmniConfig(**{**model.config.to_dict(), "max_audio_seconds": 1.5})
+    with pytest.warns(UserWarning, match="audio track .* longer than max_audio_seconds=1.5"):
+        track = load_video_audio(str(path), 3, config)
+    assert track.shape == (24000,)
+
+
+# ------------------------------------------------------------------------------------------------ embeddings
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A tiny checkpoint in the released format (what the card loads) and ours converted from it."""
+    from transformers import AutoModel
+
+    from e5omni.convert import convert_checkpoint
+    from tests.test_convert import write_released
+
+    root = tmp_path_factory.mktemp("released")
+    write_released(root / "src")
+    convert_checkpoint(root / "src", root / "ours")
+    return root / "src", AutoModel.from_pretrained(root / "ours", trust_remote_code=True)
+
+
+def test_video_with_sound_embeds_like_the_model_card(released, tmp_path):
+    if not (HAS_DECORD and HAS_FFMPEG):
+        _skip("the reference reads the video with decord and its audio track with the ffmpeg program")
+    src, model = released
+    assert model.config.use_audio_in_video is True
+    loud, silent = tmp_path / "loud.mkv", tmp_path / "silent.mp4"
+    write_clip(loud)
+    write_clip(silent, audio=None)
+    audios, videos = _reference(loud, model.config.fps, model.config.max_frames, model.config)
+    frames = videos[0].numpy().transpose(0, 2, 3, 1).astype(np.uint8)
+    _, silent_videos = _reference(silent, model.config.fps, model.config.max_frames, model.config, in_video=False)
+    silent_frames = silent_videos[0].numpy().transpose(0, 2, 3, 1).astype(np.uint8)
+
+    ref_loud = reference_embed(src, [{"video": frames, "video_audio": audios[0]}])[0]
+    ref_mixed = reference_embed(src, [{"text": "a clip", "video": frames, "video_audio": audios[0]}])[0]
+    ref_silent = reference_embed(src, [{"video": silent_frames}])[0]
+
+    ours = model.encode_document([{"video": str(loud)}, {"text": "a clip", "video": str(loud)}])
+    diffs = [float((ours[0] - ref_loud).abs().max()), float((ours[1] - ref_mixed).abs().max())]
+    print(f"video with sound vs the card's path: max abs diff {diffs}")
+    assert max(diffs) < 1e-5
+    # one batch mixing a sounded video, a silent one, an audio item and an image: each row as if alone
+    items = [{"video": str(loud)}, {"video": str(silent)}, {"audio": make_audio(1)}, make_image(2)]
+    batch = model.encode_document(items, batch_size=4)
+    alone = torch.cat([model.encode_document([x]) for x in items])
+    assert float((batch[0] - ref_loud).abs().max()) < 1e-5
+    assert float((batch[1] - ref_silent).abs().max()) < 1e-5
+    assert float((batch - alone).abs().max()) < 1e-5
+    frames_only = model.encode_document([{"video": frames}])[0]  # an array has no track: the frames alone
+    assert float((frames_only - reference_embed(src, [{"video": frames}])[0]).abs().max()) < 1e-5
+    assert float((ours[0] - frames_only).abs().max()) > 1e-3  # the sound is really in the embedding
+
+
+def test_modality_mask_shows_the_track(model, tmp_path):
+    loud, silent = tmp_path / "loud.mkv", tmp_path / "silent.mp4"
+    write_clip(loud)
+    write_clip(silent, audio=None)
+    batch = model.processor([{"video": str(loud)}, {"video": str(silent)}, {"audio": make_audio(0)}])
+    assert batch["modality_mask"].tolist() == [
+        [False, False, True, True],
+        [False, False, False, True],
+        [False, False, True, False],
+    ]
+    assert batch["video_audio"].tolist() == [True, False, False]
+    assert batch["audio_rows"].tolist() == [1, 0, 1]
+    assert batch["input_features"].shape[0] == 2
+    model.config.use_audio_in_video = False  # the shared tiny model: switched back below
+    try:
+        plain = model.processor([{"video": str(loud)}])
+    finally:
+        model.config.use_audio_in_video = True
+    assert plain["modality_mask"].tolist() == [[False, False, False, True]] and "video_audio" not in plain
+
+
+def test_gradcache_slices_keep_the_track_rows(model, tmp_path):
+    from modeling_e5omni.processing_e5omni import slice_features
+
+    loud = tmp_path / "loud.mkv"
+    write_clip(loud)
+    items = [{"audio": make_audio(0), "video": str(loud)}, {"video": str(loud)}, {"audio": make_audio(2)}]
+    batch = dict(model.processor(items))
+    whole = model(**batch).embeddings
+    parts = torch.cat([model(**slice_features(batch, i, i + 1)).embeddings for i in range(3)])
+    assert [slice_features(batch, i, i + 1)["input_features"].shape[0] for i in range(3)] == [2, 1, 1]
+    assert float((whole - parts).abs().max()) < 1e-5
