@@ -31,6 +31,17 @@ class E5OmniInputError(ValueError):
         self.reason = message  # what is wrong, without the position (batch jobs name the item by its id)
         super().__init__(message if index is None else f"item {index}: {message}")
 
+    def __reduce__(self):
+        """Pickles whole (worker processes send errors back): type, reason, index, message and attributes."""
+        return _rebuild_input_error, (type(self), self.args, self.__dict__)
+
+
+def _rebuild_input_error(cls, args, state):
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class UnsupportedModalityError(E5OmniInputError):
     """The item uses a modality this checkpoint's backbone cannot take (e.g. audio on Qwen2-VL)."""

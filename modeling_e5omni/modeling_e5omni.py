@@ -22,7 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_e5omni import MODALITIES, E5OmniConfig
-from .processing_e5omni import E5OmniProcessor, check_items, normalize_item
+from .processing_e5omni import E5OmniProcessor, check_items, prepared_batches
 
 #: Parameters a backbone defines but never uses in its forward (per backbone model_type, as name prefixes under
 #: `backbone.`): Qwen2.5-Omni's audio tower keeps `audio_bos_eos_token` for generation-side code that the thinker's
@@ -386,14 +386,19 @@ class E5OmniModel(E5OmniPreTrainedModel):
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = False,
         truncate_dim: int | None = None,
+        num_workers: int = 0,
     ):
         """Embed `items` -> (N, D) tensor (or ndarray), rows in input order.
 
         Items are sorted by estimated length internally so batches pad little; order is restored at the end.
         A progress bar shows for more than four batches unless `show_progress_bar=False`.
+        `num_workers` > 0 decodes media and runs the processor in that many worker processes, overlapped with the
+        forward (same vectors, same errors naming the caller's item index); 0 (default) does it in this process.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         items = check_items(items, self.config.modalities)
         processor = self.processor
         order = sorted(range(len(items)), key=lambda i: -_estimated_length(items[i]))
@@ -406,15 +411,15 @@ class E5OmniModel(E5OmniPreTrainedModel):
         self.eval()
         device = next(self.parameters()).device
         chunks: list[torch.Tensor] = []
+        batches = [order[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         try:
-            for b in tqdm(
-                range(n_batches),
+            # decode + process (here, or in worker processes) -> forward; messages name the caller's positions
+            for batch in tqdm(
+                prepared_batches(processor, items, batches, role, num_workers),
+                total=n_batches,
                 desc="encode queries" if role == "query" else "encode documents",
                 disable=not show_progress_bar,
             ):
-                index = order[b * batch_size : (b + 1) * batch_size]
-                decoded = [normalize_item(items[i], i, self.config) for i in index]
-                batch = processor.process_decoded(decoded, role, indices=index)  # messages name list positions
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 chunks.append(self(**batch).embeddings.float().cpu())
         finally:

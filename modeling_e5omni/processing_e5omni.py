@@ -381,6 +381,63 @@ class E5OmniProcessor:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
 
+# ------------------------------------------------------------------------------------------- input pipeline
+class BatchPreparer(torch.utils.data.Dataset):
+    """Batch `b` of an encode job -> its processed tensors: decode (under the budgets) + the processor.
+
+    A map-style dataset over batches, so `torch.utils.data.DataLoader(..., batch_size=None, num_workers=N)` runs it
+    in N worker processes, in order, overlapped with the forward. Nothing is raised inside a worker: each batch
+    comes back as `{"features": ...}` or `{"error": E5OmniInputError}` plus the warnings it raised (truncations), so
+    the caller re-raises and re-warns in its own process with the caller's item indices intact."""
+
+    def __init__(self, processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str):
+        self.processor, self.items, self.batches, self.role = processor, items, batches, role
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> dict:
+        index = self.batches[b]
+        config = self.processor.config
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                decoded = [normalize_item(self.items[i], i, config) for i in index]
+                features = dict(self.processor.process_decoded(decoded, self.role, indices=index))
+                out: dict[str, Any] = {"features": features}
+            except E5OmniInputError as err:
+                out = {"error": err}
+        out["warnings"] = [(str(w.message), w.category) for w in caught]
+        return out
+
+
+def _no_collate(batch):
+    return batch
+
+
+def prepared_batches(processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str, num_workers: int):
+    """Yield each batch's features in order; `num_workers` > 0 prepares them in worker processes (DataLoader)."""
+    dataset = BatchPreparer(processor, items, batches, role)
+    if num_workers <= 0:
+        source = (dataset[b] for b in range(len(dataset)))
+    else:
+        source = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=min(num_workers, len(dataset)),
+            collate_fn=_no_collate,
+            prefetch_factor=2,
+            persistent_workers=False,
+        )
+    for out in source:
+        for message, category in out["warnings"]:
+            warnings.warn(message, category, stacklevel=3)
+        if "error" in out:
+            raise out["error"]
+        yield out["features"]
+
+
 # ----------------------------------------------------------------------------------------------- mini-batching
 def _counts_before(mask: torch.Tensor, start: int, end: int) -> tuple[int, int]:
     mask = mask.long()
@@ -439,6 +496,8 @@ def slice_features(features: dict, start: int, end: int) -> dict:
 
 
 __all__ = [
+    "BatchPreparer",
+    "prepared_batches",
     "IMAGE_LAYOUTS",
     "SAMPLING_RATE",
     "VIDEO_LAYOUTS",

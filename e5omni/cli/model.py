@@ -67,6 +67,13 @@ def add_encode_parser(sub) -> argparse.ArgumentParser:
         )
     p.add_argument("--query", action="store_true", help="encode as queries (adds the query prompt)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="items per forward pass (default 32)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decode media and run the processor in N worker processes, overlapped with the forward (default 0)",
+    )
     p.add_argument("--output", metavar="FILE.npy", help="write the (N, D) float32 embeddings here instead")
     return p
 
@@ -131,6 +138,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return fail("give at least one item: --text/--image/--audio/--video, --item JSON or --items FILE.jsonl")
     if args.batch_size < 1:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        return fail(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.output is not None and not args.output.endswith(".npy"):
         return fail(f"--output must name a .npy file, got {args.output!r}")
     role = "query" if args.query else "document"
@@ -151,7 +160,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     model = AutoModel.from_pretrained(args.model, config=config, trust_remote_code=True)
     embed = model.encode_query if args.query else model.encode_document
     try:
-        vectors = embed(items, batch_size=args.batch_size, show_progress_bar=False)
+        vectors = embed(items, batch_size=args.batch_size, show_progress_bar=False, num_workers=args.num_workers)
     except ValueError as err:
         if getattr(err, "index", None) is None:  # not an item error (the checkpoint's own E5OmniInputError class)
             raise
