@@ -111,11 +111,11 @@ def _check_text(value: str, key: str, index: int | None) -> None:
 
 
 def _check_tensor_dtype(value: Any, key: str, index: int | None) -> None:
-    """Refuse tensors numpy cannot hold (bfloat16, float8): audio and video are read as numpy arrays."""
-    if isinstance(value, torch.Tensor) and value.dtype in _NO_NUMPY_DTYPES:
+    """Video frames in dtypes numpy cannot hold (bfloat16, float8) are refused: frames are uint8. Audio in those
+    dtypes is taken (float32 holds every such value exactly; `load_audio` converts)."""
+    if key != "audio" and isinstance(value, torch.Tensor) and value.dtype in _NO_NUMPY_DTYPES:
         raise E5OmniInputError(
-            f"{key} is a torch.{str(value.dtype).removeprefix('torch.')} tensor, which cannot become a numpy array; "
-            + ("convert it with .float() first" if key == "audio" else "pass uint8 frames (.to(torch.uint8))"),
+            f"{key} is a torch.{str(value.dtype).removeprefix('torch.')} tensor; pass uint8 frames (.to(torch.uint8))",
             index,
         )
 

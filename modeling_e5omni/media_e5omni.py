@@ -297,7 +297,11 @@ def load_audio(value, index: int, max_seconds: float, config: E5OmniConfig | Non
         raw, rate = value, SAMPLING_RATE
     else:
         raw, rate = _read_audio_file(value, index, max_seconds, config)
-    array = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw)
+    if isinstance(raw, torch.Tensor):
+        raw = raw.detach().cpu()
+        if raw.is_floating_point() and raw.dtype not in (torch.float32, torch.float64):
+            raw = raw.float()  # bfloat16 / float16 / float8 audio: exact in float32
+    array = np.asarray(raw)
     if array.dtype == np.bool_ or not (
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
     ):

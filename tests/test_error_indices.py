@@ -111,11 +111,6 @@ def test_sentence_transformers_structural_error_is_relabelled(st_model):
         ({"text": "ok", "instruction": "\ud83d alone"}, "'instruction' holds a lone surrogate"),
         ({1: "x", "text": "y"}, "unknown keys [1]"),
         ({1: "x", "foo": "y", (2,): 3, "text": "z"}, "unknown keys ['foo', (2,), 1]"),
-        ({"audio": torch.zeros(16000, dtype=torch.bfloat16)}, "audio is a torch.bfloat16 tensor"),
-        (
-            {"audio": {"array": torch.zeros(16000, dtype=torch.bfloat16), "sampling_rate": 16000}},
-            "convert it with .float() first",
-        ),
         ({"video": torch.zeros((4, 8, 8, 3), dtype=torch.bfloat16)}, "video is a torch.bfloat16 tensor"),
     ],
 )
@@ -131,6 +126,16 @@ def test_untyped_failures_become_named_input_errors(omni_model, item, message):
 def test_bad_sampling_rates_are_named(omni_model, rate):
     with pytest.raises(E5OmniInputError, match="^item 1: audio"):
         omni_model.encode_document(["fine", {"audio": {"array": np.zeros(1600, np.float32), "sampling_rate": rate}}])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn], ids=str)
+def test_low_precision_audio_is_taken_exactly(omni_model, dtype):
+    """float32 holds every bfloat16 / float16 / float8 value: such audio embeds as its float32 copy."""
+    wave = torch.as_tensor(make_audio(3)["array"]).to(dtype)
+    exact = wave.float()
+    low = omni_model.encode_document([{"audio": wave}, {"audio": {"array": wave, "sampling_rate": 16000}}])
+    full = omni_model.encode_document([{"audio": exact}, {"audio": {"array": exact, "sampling_rate": 16000}}])
+    assert torch.equal(low, full)
 
 
 def test_bf16_image_tensor_still_embeds(omni_model):
