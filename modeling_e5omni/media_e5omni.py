@@ -510,6 +510,9 @@ def _count_video_frames(source) -> int:
 
 def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np.ndarray:
     with _open_video(source) as container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise MediaDecodeError(f"video file has no video stream (streams: {', '.join(kinds)})", index)
         stream = container.streams.video[0]
         if stream.width * stream.height > config.max_decode_pixels:
             raise _too_large(stream.width, stream.height, config, index, "frames")
@@ -582,7 +585,13 @@ def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np
             frames.append(take(held))
         if not frames:
             raise ValueError("no video frames decoded")
-        while len(frames) < len(indices):  # the header promised more frames than the stream holds: repeat the last
+        if len(frames) < len(indices):  # the header promised more frames than the stream holds: repeat the last
+            warnings.warn(
+                f"item {index}: video stream ended early ({len(frames)} of {len(indices)} sampled frames decoded; "
+                "truncated file?); the last frame is repeated",
+                stacklevel=4,
+            )
+        while len(frames) < len(indices):
             frames.append(frames[-1])
     return np.stack(frames)
 

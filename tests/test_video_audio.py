@@ -257,3 +257,28 @@ def test_frames_over_the_per_frame_budget_resize_like_the_card(released, tmp_pat
     )
     print(f"{size}x{size} frames -> {tuple(videos[0].shape[-2:])}: max abs diff {diff}")
     assert diff < 1e-5
+
+
+def test_hostile_video_containers_are_named(model, tmp_path):
+    """An audio-only file given as a video, and cut / garbage-tailed Matroska files with sound: a typed error that
+    names the item, or an embedding; never an untyped exception or a hang."""
+    from modeling_e5omni import E5OmniInputError, MediaDecodeError
+
+    write_clip(tmp_path / "audio_only.mkv", video=False)
+    with pytest.raises(MediaDecodeError, match=r"^item 1: video file has no video stream \(streams: audio\)"):
+        model.encode_document(["x", {"video": str(tmp_path / "audio_only.mkv")}])
+    write_clip(tmp_path / "full.mkv")
+    data = (tmp_path / "full.mkv").read_bytes()
+    cases = {
+        "cut.mkv": data[: len(data) // 2],
+        "tail.mkv": data[:3000] + b"\xff" * 5000,
+        "head.mkv": data[:200],
+        "zeros.mkv": b"\0" * 4096,
+    }
+    for name, body in cases.items():
+        (tmp_path / name).write_bytes(body)
+        try:
+            out = model.encode_document([{"video": str(tmp_path / name)}])
+            assert torch.isfinite(out).all(), name
+        except E5OmniInputError as err:
+            assert err.index == 0 and str(err).startswith("item 0: "), (name, str(err))
