@@ -1,7 +1,7 @@
 """The `e5omni` command line.
 
     e5omni train --config configs/X.yaml [--key value ...]
-    e5omni eval MODEL --data synthetic:test|FILE|hub:NAME[:split] [--output metrics.json] [--markdown table.md] [--plots DIR]
+    e5omni eval MODEL [--data synthetic:test|FILE|hub:NAME[:split]] [--mteb TASK,...] [--benchmark NAME] [--output metrics.json]
     e5omni push FOLDER --repo-id ID [--revision BRANCH] [--private] [--create-pr] [--dry-run DIR]
     e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
     e5omni encode MODEL [--text STR | --image PATH | --audio PATH | --video PATH | --item JSON | --items FILE.jsonl]... [--query] [--batch-size N] [--output FILE.npy]
@@ -9,6 +9,7 @@
     e5omni demo [--output-dir DIR]
     e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|hnsw|ivfpq]
     e5omni search DIR [--text STR] [--image PATH] [--audio PATH] [--video PATH] [--instruction STR] [-k N] [--json]
+    e5omni app DIR [--model M] [--source FOLDER|TABLE] [--media-root DIR] [--host 127.0.0.1] [--port 7860]
 
 Each subcommand's code lives in a module of this package (model.py: init-tiny, encode, convert, demo; evaluate.py;
 publish.py); `train` is dispatched to `e5omni.train.run` before argparse, because trl's TrlParser owns its flags.
@@ -51,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_convert)
 
+    from e5omni.cli.app import add_app_parser
     from e5omni.cli.evaluate import add_eval_parser
     from e5omni.cli.index import add_index_parsers
     from e5omni.cli.publish import add_push_parser
 
     add_eval_parser(sub)
     add_index_parsers(sub)
+    add_app_parser(sub)
     add_push_parser(sub)
 
     p = sub.add_parser("demo", help="tiny model: evaluate, fine-tune with the full recipe, evaluate, save, reload")

@@ -54,6 +54,19 @@ def add_push_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="reload what was committed (downloads the commit; with --dry-run, the staged DIR) and compare embeddings",
     )
+    p.add_argument(
+        "--space",
+        metavar="SPACE_ID",
+        default=None,
+        help="also publish a search Space (owner/name) for the model, in its own single commit, and link it from "
+        "the model card; with --dry-run DIR the model goes to DIR/model and the Space to DIR/space",
+    )
+    p.add_argument(
+        "--space-corpus",
+        metavar="FOLDER",
+        default=None,
+        help="the Space's corpus: a folder of images / audio / video / .txt (default: the bundled demo corpus)",
+    )
     p.set_defaults(func=run_push_command)
     return p
 
@@ -67,7 +80,27 @@ def run_push_command(args: argparse.Namespace) -> int:
             print("push: --card-context must hold a JSON object", file=sys.stderr)
             return 2
     token = args.token
+    if args.space_corpus and not args.space:
+        print("push: --space-corpus needs --space", file=sys.stderr)
+        return 2
+    model_dry_run, space_dry_run = args.dry_run, None
+    if args.space:
+        context = {**(context or {}), "space_id": args.space}
+        if args.dry_run:
+            model_dry_run, space_dry_run = str(Path(args.dry_run) / "model"), str(Path(args.dry_run) / "space")
     try:
+        staged_space = None
+        if args.space:  # staged (and checked) before anything is sent, so a bad corpus stops both pushes
+            from e5omni.publish.space import stage_space
+
+            staged_space = stage_space(
+                args.space,
+                args.repo_id,
+                model_folder=args.folder,
+                revision=args.revision or "main",
+                corpus=args.space_corpus,
+                token=token,
+            )
         result = push_folder(
             args.folder,
             args.repo_id,
@@ -76,10 +109,23 @@ def run_push_command(args: argparse.Namespace) -> int:
             create_pr=args.create_pr,
             token=token,
             commit_message=args.commit_message,
-            dry_run_dir=args.dry_run,
+            dry_run_dir=model_dry_run,
             model_card_context=context,
             delete_stale=not args.keep_stale_files,
         )
+        if staged_space is not None:
+            from e5omni.publish.space import push_space
+
+            if result.commit_oid:  # the Space loads exactly the commit just pushed
+                staged_space = stage_space(
+                    args.space,
+                    args.repo_id,
+                    model_folder=args.folder,
+                    revision=result.commit_oid,
+                    corpus=args.space_corpus,
+                    token=token,
+                )
+            push_space(staged_space, args.space, private=args.private, token=token, dry_run_dir=space_dry_run)
         if args.verify:
             if result.dry_run:
                 verified = verify_folder(args.folder, result.dry_run_dir)
