@@ -3,7 +3,8 @@
 1. builds the embedded tiny Qwen2.5-Omni model (seeded, offline);
 2. evaluates retrieval on the held-out split of the bundled synthetic omni dataset (every modality pair);
 3. fine-tunes with the full e5-omni recipe from `configs/demo.yaml` (temperatures, curriculum + DCL, whitening +
-   CORAL);
+   CORAL), measuring retrieval on the held-out split every `eval_steps` (`OmniRetrievalEvaluator`): the log shows
+   R@1 (Hit@1) and MRR climbing;
 4. evaluates again and prints a before/after table (R@1 per modality pair, overall) and the learned temperatures;
 5. saves a Hub-ready folder to DIR/model, reloads it through `AutoModel(..., trust_remote_code=True)` and
    `SentenceTransformer(..., trust_remote_code=True)` and checks that both embed identically to the trained model;
@@ -29,6 +30,21 @@ def _table(before: dict, after: dict) -> str:
     return "\n".join(rows)
 
 
+def _progress_callback():
+    """Prints one line per evaluation: the held-out R@1 and MRR as training goes."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and "eval_overall_hit@1" in metrics:
+                print(
+                    f"[demo] step {state.global_step:>4}: held-out R@1 {metrics['eval_overall_hit@1']:.3f}, "
+                    f"MRR {metrics['eval_overall_mrr']:.3f}"
+                )
+
+    return _Progress()
+
+
 def _paths_agree(folder: Path, reference, probes) -> float:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
@@ -50,7 +66,7 @@ def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None =
 
     from e5omni.data import to_corpus
     from e5omni.data.synthetic import build_synthetic
-    from e5omni.evaluation import evaluate_retrieval
+    from e5omni.evaluation import OmniRetrievalEvaluator, evaluate_retrieval
     from e5omni.train.run import load_examples, load_model, parse_recipe
     from e5omni.train.trainer import E5OmniTrainer
 
@@ -60,7 +76,17 @@ def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None =
         raise FileNotFoundError(f"demo recipe not found: {config} (run from a checkout, or pass --config)")
     output_dir = Path(output_dir)
     model_args, data_args, args = parse_recipe(
-        ["--config", str(config), "--output_dir", str(output_dir / "checkpoints"), "--disable_tqdm", "true", *overrides]
+        [
+            "--config",
+            str(config),
+            "--output_dir",
+            str(output_dir / "checkpoints"),
+            "--disable_tqdm",
+            "true",
+            "--eval_strategy",  # every eval_steps of the recipe: R@1 in the log (override: --eval_strategy no)
+            "steps",
+            *overrides,
+        ]
     )
     torch.manual_seed(args.seed)
     model = load_model(model_args)
@@ -82,7 +108,9 @@ def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None =
         f"[demo] fine-tuning on {len(train)} synthetic examples: {args.num_train_epochs:g} epochs, "
         f"batch {args.per_device_train_batch_size}, full recipe (tau, curriculum+DCL, whitening+CORAL)"
     )
-    trainer = E5OmniTrainer(model, args, train)
+    # R@1 while training, on the held-out split the table below reports (watched, never used to pick a checkpoint)
+    evaluator = OmniRetrievalEvaluator(corpus, metrics=("hit@1", "mrr"), per_pair=False, batch_size=64)
+    trainer = E5OmniTrainer(model, args, train, evaluator=evaluator, callbacks=[_progress_callback()])
     train_start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_start
@@ -111,6 +139,11 @@ def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None =
         "temperatures": temperatures,
         "paths_agree_max_abs_diff": agree,
         "train_steps": trainer.state.global_step,
+        "eval_history": [
+            {"step": h["step"], "hit@1": h["eval_overall_hit@1"], "mrr": h["eval_overall_mrr"]}
+            for h in trainer.state.log_history
+            if "eval_overall_hit@1" in h
+        ],
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }

@@ -26,7 +26,18 @@ class DataArguments:
         default="synthetic:train",
         metadata={"help": "synthetic:train | a .jsonl / .json / .csv file | hub:<dataset name>[:split]"},
     )
-    eval_data: str | None = field(default=None, metadata={"help": "same forms as train_data; used for the eval loss"})
+    eval_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "same forms as train_data: the eval loss and per-pair retrieval metrics (OmniRetrievalEvaluator: "
+            "eval_overall_hit@1, eval_text->image_ndcg@5, ...) at every evaluation (--eval_strategy steps)"
+        },
+    )
+    eval_metrics: str = field(
+        default="hit@1,recall@5,recall@10,ndcg@5,mrr",
+        metadata={"help": "retrieval metrics reported per pair and overall (mrr, hit@k, recall@k, ndcg@k)"},
+    )
+    eval_per_pair: bool = field(default=True, metadata={"help": "report every modality pair, not only overall"})
     media_root: str | None = field(default=None, metadata={"help": "folder that media paths in files are under"})
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many examples"})
     synthetic_size: int = field(default=512, metadata={"help": "examples to generate for synthetic:train"})
@@ -187,7 +198,19 @@ def train_main(argv: list[str] | None = None) -> dict:
             use_rslora=model_args.use_rslora,
         )
         model = apply_lora(model, config)
-    trainer = E5OmniTrainer(model, training_args, train_examples, eval_examples=eval_examples)
+    evaluator = None
+    if eval_examples is not None:
+        from e5omni.evaluation.evaluator import OmniRetrievalEvaluator
+
+        evaluator = OmniRetrievalEvaluator(
+            eval_examples,
+            metrics=[m.strip() for m in data_args.eval_metrics.split(",") if m.strip()],
+            per_pair=data_args.eval_per_pair,
+            batch_size=training_args.per_device_eval_batch_size,
+        )
+        if training_args.eval_strategy == "no":
+            logger.warning("--eval_data is set but --eval_strategy is 'no': nothing will be evaluated during training")
+    trainer = E5OmniTrainer(model, training_args, train_examples, eval_examples=eval_examples, evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     if trainer.is_world_process_zero():  # the log history (losses, temperatures, rho) for plots and reports

@@ -1,7 +1,9 @@
-"""`e5omni eval MODEL --data SPEC`: load, encode once, evaluate, diagnose, print the tables, write what was asked.
+"""`e5omni eval MODEL --data SPEC [--mteb TASK,...] [--benchmark NAME]`: our retrieval report, and mteb's.
 
 The numbers come from :mod:`e5omni.evaluation`; ``--data`` is read by :func:`e5omni.data.specs.load_data_spec`, the
-one loader of data specs (the same one ``e5omni train`` uses).
+one loader of data specs (the same one ``e5omni train`` uses). ``--mteb`` / ``--benchmark`` run ``mteb.evaluate`` with
+:func:`e5omni.evaluation.mteb_model` on the same loaded model; ``--mteb local`` is ``--data`` itself as an mteb task
+(:func:`e5omni.evaluation.retrieval_task`), reported next to ours with the largest difference between the two.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated mteb task names, got {text!r}")
+    return names
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """The ``eval`` subcommand: load, encode once, evaluate, diagnose, print the table, write what was asked.
 
@@ -54,6 +63,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    if args.data is None and not (args.mteb or args.benchmark):
+        print("e5omni eval: give --data, --mteb TASK[,TASK...] or --benchmark NAME", file=sys.stderr)
+        return 2
+    if args.data is None and "local" in (args.mteb or []):
+        print("e5omni eval: --mteb local is the --data set as an mteb task; give --data", file=sys.stderr)
+        return 2
+    if args.data is None:
+        return _run_mteb(args, load_inference_model(args.model), None, None)
     examples = load_data_spec(args.data, split="test", media_root=args.media_root, limit=args.limit)
     corpus = to_corpus(examples)
     model = load_inference_model(args.model)
@@ -72,6 +89,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     }
     print(metrics_markdown(metrics, visual_document_pairs=visdoc))
     print(diagnostics_markdown(diagnostics))
+    status = 0
+    if args.mteb or args.benchmark:
+        status = _run_mteb(args, model, corpus, report)
     if args.output:
         print(f"wrote {write_json(report, args.output)}")
     if args.markdown:
@@ -87,7 +107,90 @@ def _run_eval(args: argparse.Namespace) -> int:
             print("no trainer_state.json found (use --trainer-state): skipping the temperature plot", file=sys.stderr)
         for path in write_plots(corpus, embeddings, args.plots, log_history=log):
             print(f"wrote {path}")
-    return 0
+    return status
+
+
+def _mteb_output(args: argparse.Namespace) -> Path:
+    """Where mteb's result files go: --mteb-output, else an ``mteb`` folder next to --output, else ./mteb-results."""
+    if args.mteb_output:
+        return Path(args.mteb_output)
+    if args.output:
+        return Path(args.output).resolve().parent / "mteb"
+    return Path("mteb-results")
+
+
+def _mteb_tasks(names: list[str], corpus) -> list:
+    """mteb tasks by name: "local" (our --data), mteb's mock tasks (offline smoke tests), else mteb's registry."""
+    import mteb
+    from mteb.mocks import ALL_MOCK_TASK_REGISTRY, MOCK_MULTIMODAL_TASKS
+
+    from e5omni.evaluation.mteb_model import retrieval_task
+
+    mocks = {**ALL_MOCK_TASK_REGISTRY, **{t.metadata.name: type(t) for t in MOCK_MULTIMODAL_TASKS}}
+    tasks = []
+    for name in names:
+        if name == "local":
+            tasks.append(retrieval_task(corpus))
+        elif name in mocks:
+            tasks.append(mocks[name]())
+        else:
+            try:
+                tasks.extend(mteb.get_tasks(tasks=[name]))
+            except KeyError as err:
+                raise EvaluationError(f"--mteb: {err.args[0] if err.args else name}") from None
+    return tasks
+
+
+def _run_mteb(args: argparse.Namespace, model, corpus, report: dict | None) -> int:
+    """Run mteb on the loaded model; its result files go to `_mteb_output`, a summary into the report."""
+    import mteb
+
+    from e5omni.evaluation.mteb_model import E5OmniRetrievalTask, compare_with_mteb, mteb_model
+
+    tasks = _mteb_tasks(args.mteb or [], corpus)
+    if args.benchmark:
+        try:
+            benchmark = mteb.get_benchmark(args.benchmark)
+        except (KeyError, ValueError) as err:
+            raise EvaluationError(f"--benchmark: {err}") from None
+        tasks.extend(benchmark.tasks)
+    encoder = mteb_model(model, source=args.model)
+    out = _mteb_output(args)
+    results = mteb.evaluate(
+        encoder,
+        tasks,
+        cache=mteb.ResultCache(cache_path=out),
+        raise_error=False,
+        encode_kwargs={"batch_size": args.batch_size},
+        overwrite_strategy="always",
+    )
+    summary: dict[str, Any] = {"output": str(out), "model_meta": {"name": encoder.mteb_model_meta.name,
+                                                                  "revision": encoder.mteb_model_meta.revision},
+                               "tasks": {}, "errors": {}}  # fmt: skip
+    print(f"\nmteb {mteb.__version__} on {encoder.mteb_model_meta.name} (results in {out})")
+    print("| task | subset | split | main score |\n| --- | --- | --- | --- |")
+    for result in results.task_results:
+        task_summary = {}
+        for split, entries in result.scores.items():
+            for entry in entries:
+                task_summary[f"{entry['hf_subset']}/{split}"] = {"main_score": entry["main_score"]}
+                print(f"| {result.task_name} | {entry['hf_subset']} | {split} | {entry['main_score']:.5f} |")
+        summary["tasks"][result.task_name] = task_summary
+        local = [t for t in tasks if isinstance(t, E5OmniRetrievalTask) and t.metadata.name == result.task_name]
+        if local and report is not None:
+            agreement = compare_with_mteb(report["metrics"], result)
+            worst = max((row["abs_diff"] for rows in agreement.values() for row in rows.values()), default=0.0)
+            summary["agreement_with_ours"] = {"max_abs_diff": worst, "pairs": agreement}
+            print(f"e5omni eval vs mteb on the same data: largest difference {worst:.2e} (hit/recall/ndcg@k, mrr)")
+    for error in results.exceptions or []:
+        summary["errors"][error.task_name] = error.exception
+        print(f"mteb task {error.task_name} failed: {error.exception.strip().splitlines()[-1]}", file=sys.stderr)
+    if report is not None:
+        report["mteb"] = summary
+    else:
+        path = out / "e5omni_mteb_summary.json"
+        print(f"wrote {write_json(summary, path)}")
+    return 1 if summary["errors"] else 0
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -99,7 +202,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "candidate pool, and report Hit@k, Recall@k, NDCG@k and MRR per pair and overall, plus alignment diagnostics.",
     )
     p.add_argument("model", help="a saved e5-omni model folder (or Hub id)")
-    p.add_argument("--data", required=True, help=f"what to evaluate on: {SPEC_FORMS} (a hub split defaults to test)")
+    p.add_argument("--data", default=None, help=f"what to evaluate on: {SPEC_FORMS} (a hub split defaults to test)")
     p.add_argument(
         "--media-root", default=None, help="folder media paths in --data are relative to (default: its folder)"
     )
@@ -113,5 +216,20 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--calibrated", action="store_true", help="rank by cos / tau(q, p) instead of cosine")
     p.add_argument("--visual-document-pairs", default=None, help="comma-separated pairs scored by NDCG@5 (MMEB visdoc)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N examples")
+    p.add_argument(
+        "--mteb",
+        type=_names,
+        default=None,
+        metavar="TASK[,TASK...]",
+        help="also run mteb.evaluate on these tasks: mteb task names, mteb mock task names (offline), or 'local' "
+        "(the --data set as an mteb task, compared with ours)",
+    )
+    p.add_argument("--benchmark", default=None, help="also run the tasks of this mteb benchmark, e.g. 'MTEB(eng, v2)'")
+    p.add_argument(
+        "--mteb-output",
+        default=None,
+        metavar="DIR",
+        help="mteb's result files (default: an 'mteb' folder next to --output, else ./mteb-results)",
+    )
     p.set_defaults(func=run_eval)
     return p

@@ -18,6 +18,12 @@ Where things live (every public name is also importable from ``e5omni.evaluation
 - ``diagnostics``: :func:`alignment_diagnostics` (temperatures, logit sharpness, modality gap, covariance gap).
 - ``report``: :func:`write_json`, :func:`metrics_markdown`, :func:`diagnostics_markdown`, :func:`write_markdown`.
 - ``plots``: training logs (:func:`load_log_history`, :func:`temperature_history`) and the PNG plots.
+- ``evaluator``: :class:`OmniRetrievalEvaluator`, the sentence-transformers evaluator the trainer runs every
+  ``eval_steps`` (per-pair Hit@1, Recall@k, NDCG@5, MRR; ``metric_for_best_model`` / ``load_best_model_at_end``).
+- ``mteb_model`` (needs the ``[mteb]`` extra): :func:`mteb_model` (an mteb encoder with the right ``ModelMeta`` for
+  any folder, Hub id or in-memory model), :func:`retrieval_task` (our data as an mteb task), :func:`compare_with_mteb`.
+
+The evaluator and the mteb names are imported on first use (``import e5omni.evaluation`` stays light; mteb is heavy).
 
 The ``e5omni eval`` command itself is :mod:`e5omni.cli.evaluate`.
 """
@@ -56,8 +62,41 @@ from e5omni.evaluation.retrieval import (
     pair_scores,
 )
 
+_LAZY = {
+    "DEFAULT_EVALUATOR_METRICS": "e5omni.evaluation.evaluator",
+    "OmniRetrievalEvaluator": "e5omni.evaluation.evaluator",
+    "E5OmniMTEBEncoder": "e5omni.evaluation.mteb_model",
+    "E5OmniRetrievalTask": "e5omni.evaluation.mteb_model",
+    "MTEB_METRIC_MAP": "e5omni.evaluation.mteb_model",
+    "compare_with_mteb": "e5omni.evaluation.mteb_model",
+    "e5omni_model_meta": "e5omni.evaluation.mteb_model",
+    "mteb_model": "e5omni.evaluation.mteb_model",
+    "retrieval_task": "e5omni.evaluation.mteb_model",
+}
+
+
+def __getattr__(name: str):
+    """The evaluator (sentence-transformers) and the mteb integration, imported when first asked for."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CACHE_FORMAT",
+    "DEFAULT_EVALUATOR_METRICS",
+    "E5OmniMTEBEncoder",
+    "E5OmniRetrievalTask",
+    "MTEB_METRIC_MAP",
+    "OmniRetrievalEvaluator",
+    "compare_with_mteb",
+    "e5omni_model_meta",
+    "mteb_model",
+    "retrieval_task",
     "CorpusEmbeddings",
     "EmbeddingCacheError",
     "EvaluationError",
