@@ -1,7 +1,8 @@
 """From training examples to the column-wise model inputs the sentence-transformers trainer expects.
 
 `datasets` cannot hold a column that mixes strings, dicts of arrays and images, so the trainer's `datasets.Dataset` holds
-only example indices (`examples_dataset`), and `E5OmniDataCollator` looks the examples up, splits them into columns
+only example indices (`examples_dataset`), and `E5OmniDataCollator` looks the examples up (or, for a streamed
+`datasets.IterableDataset`, converts each arriving row with its `HFStream`), splits them into columns
 (`query`, `positive`, `negative_1`, ...), runs the omni processor on each column (queries with the query prompt,
 documents with the document prompt) and adds, per column, `modality_mask` (B, 4) and `content_hash` (B,) for the
 loss's temperatures and duplicate masking. Output keys are `{column}_{key}`, which the trainer groups back into one
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from e5omni.data import content_hash, validate_example
+from e5omni.data import BadRowError, DataError, content_hash, validate_example
 
 
 class TrainingDataError(ValueError):
@@ -55,15 +56,35 @@ class E5OmniDataCollator:
         num_negatives: int,
         query_prompt: str,
         document_prompt: str,
+        streams: dict[int, Any] | None = None,
     ):
         self.examples = examples
         self.preprocess = preprocess
         self.num_negatives = num_negatives
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
+        self.streams = dict(streams or {})  # stream id -> e5omni.data.HFStream (rows carry "__stream__")
+
+    def example(self, row: dict) -> dict:
+        """The example a DataLoader row stands for: looked up by index, or converted from a streamed row and checked
+        (a streamed row is seen here first, so here is where it is validated; errors name the streamed row)."""
+        if "__stream__" not in row:
+            return self.examples[int(row["example"])]
+        stream, index = self.streams[int(row["__stream__"])], int(row["__row__"])
+        example = stream.convert(row)
+        try:
+            validate_example(example)
+        except DataError as err:
+            raise BadRowError(str(err), source="stream", row=index) from None
+        have = len(example.get("negatives") or [])
+        if have < self.num_negatives:
+            raise BadRowError(
+                f"{have} hard negatives, but num_negatives={self.num_negatives}", source="stream", row=index
+            )
+        return example
 
     def columns(self, rows: Sequence[dict]) -> dict[str, list]:
-        examples = [self.examples[int(row["example"])] for row in rows]
+        examples = [self.example(row) for row in rows]
         columns = {"query": [e["query"] for e in examples], "positive": [e["positive"] for e in examples]}
         for j in range(self.num_negatives):
             columns[f"negative_{j + 1}"] = [e["negatives"][j] for e in examples]

@@ -29,7 +29,8 @@ import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers import TrainerCallback
 
-from e5omni.train.collator import E5OmniDataCollator, check_examples, examples_dataset
+from e5omni.data.hf import HFExamples, HFStream
+from e5omni.train.collator import E5OmniDataCollator, TrainingDataError, check_examples, examples_dataset
 from e5omni.train.lora import has_lora, save_lora_config
 from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
 from modeling_e5omni import E5OmniModel
@@ -179,24 +180,44 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         model: an `E5OmniModel` (with its processor set) or a `SentenceTransformer` built by
             `modeling_e5omni.sentence_e5omni.sentence_transformer` / loaded from one of our folders.
         args: `E5OmniTrainingArguments`.
-        train_examples: a sequence of `{"query", "positive", "negatives"?}` examples (see `e5omni.data`).
+        train_examples: a sequence of `{"query", "positive", "negatives"?}` examples (see `e5omni.data`): a list, or a
+            lazy view (`load_data_spec`'s, `from_hf_dataset`'s).
         eval_examples: optional examples for the eval loss.
         loss: override the loss built from `args`.
+        train_dataset: instead of `train_examples`, as sentence-transformers users pass it: a `datasets.Dataset`
+            (viewed with `e5omni.data.from_hf_dataset`) or a streaming `datasets.IterableDataset` (converted row by
+            row as it arrives, never materialised; needs `max_steps`). Columns `query`, `positive`, `negative_1..k`
+            (or `anchor`, `negative`), per-field columns (`query_text`, `positive_image`, ...) or struct columns of
+            item fields, typed by their features (`Image`, `Audio`, `Video`, strings); or named by `column_map`.
+        eval_dataset: the same for the eval loss (instead of `eval_examples`).
+        evaluator: a sentence-transformers evaluator (or a list of them), run on the model at each evaluation.
+        column_map: `{role: column | {field: column}}` for `train_dataset` / `eval_dataset` (see `from_hf_dataset`).
+        media_root: where string media paths in `train_dataset` / `eval_dataset` are confined.
     """
 
     def __init__(
         self,
         model: E5OmniModel | SentenceTransformer,
         args: E5OmniTrainingArguments,
-        train_examples: Sequence[dict],
+        train_examples: Sequence[dict] | None = None,
         eval_examples: Sequence[dict] | None = None,
         loss: torch.nn.Module | None = None,
         callbacks: list[TrainerCallback] | None = None,
         hub_api: Any = None,
+        *,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        evaluator: Any = None,
+        column_map: dict[str, Any] | None = None,
+        media_root: str | os.PathLike | None = None,
         **kwargs,
     ):
         if not isinstance(args, E5OmniTrainingArguments):
             raise TypeError(f"args must be E5OmniTrainingArguments, got {type(args).__name__}")
+        train_source = _examples_source("train", train_examples, train_dataset, column_map, media_root, 0)
+        eval_source = _examples_source("eval", eval_examples, eval_dataset, column_map, media_root, 1)
+        if train_source is None:
+            raise TypeError("give the training data: train_examples (a sequence of examples) or train_dataset")
         st = model if isinstance(model, SentenceTransformer) else sentence_transformer(model)
         self.e5omni_model = st[0].auto_model
         _apply_temperature_args(self.e5omni_model, args)
@@ -205,32 +226,55 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         config = self.e5omni_model.config
         num_negatives = args.num_negatives
         if num_negatives is None:
-            num_negatives = min(len(e.get("negatives") or []) for e in train_examples) if train_examples else 0
-        check_examples(train_examples, num_negatives)
-        if eval_examples is not None:
-            check_examples(eval_examples, num_negatives)
-        self.train_examples = train_examples
+            num_negatives = _min_negatives(train_source)
+        for source in (train_source, eval_source):
+            if isinstance(source, HFStream) and source.num_negatives < num_negatives:
+                raise TrainingDataError(
+                    f"the streamed dataset has {source.num_negatives} negative column(s), but num_negatives="
+                    f"{num_negatives}; add negative_1..negative_{num_negatives} columns or lower num_negatives"
+                )
+        train_source, eval_source = (_narrow(s, num_negatives) for s in (train_source, eval_source))
+        streams = {s.stream_id: s for s in (train_source, eval_source) if isinstance(s, HFStream)}
+        for source in (train_source, eval_source):
+            if source is not None and not isinstance(source, HFStream):
+                check_examples(source, num_negatives)
+        if streams:
+            _no_batch_dispatch(args)
+            if args.group_by_pair and isinstance(train_source, HFStream):
+                raise ValueError("group_by_pair needs a map-style dataset (it groups by pair up front); not a stream")
+        self.train_examples = None if isinstance(train_source, HFStream) else train_source
+        self.streaming = isinstance(train_source, HFStream)
         self.num_negatives = num_negatives
         self.hub_api = hub_api  # an HfApi; tests inject a recording fake
+        mapped_train = None if isinstance(train_source, HFStream) else train_source
+        mapped_eval = None if isinstance(eval_source, HFStream) else eval_source
         collator = E5OmniDataCollator(
-            _ConcatExamples(train_examples, eval_examples),
+            _ConcatExamples(mapped_train or [], mapped_eval),
             st[0].preprocess,
             num_negatives,
             config.query_prompt,
             config.document_prompt,
+            streams=streams,
         )
-        eval_dataset = None
-        if eval_examples is not None:
-            offset = len(train_examples)
-            eval_dataset = examples_dataset(eval_examples).map(lambda row: {"example": row["example"] + offset})
+        if isinstance(train_source, HFStream):
+            train_data = train_source.dataset
+        else:
+            train_data = examples_dataset(train_source)
+        eval_data = None
+        if isinstance(eval_source, HFStream):
+            eval_data = eval_source.dataset
+        elif eval_source is not None:
+            offset = len(mapped_train or [])
+            eval_data = examples_dataset(eval_source).map(lambda row: {"example": row["example"] + offset})
         super().__init__(
             model=st,
             args=args,
-            train_dataset=examples_dataset(train_examples),
-            eval_dataset=eval_dataset,
+            train_dataset=train_data,
+            eval_dataset=eval_data,
             loss=loss if loss is not None else build_loss(st, args),
             data_collator=collator,
             callbacks=callbacks,
+            evaluator=evaluator,
             **kwargs,
         )
         self.add_callback(_AlignmentCallback(self))
@@ -322,7 +366,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "hard_negatives_per_query": self.num_negatives,
-            "train_examples": len(self.train_examples),
+            "train_examples": len(self.train_examples) if self.train_examples is not None else "streamed",
             "global_step": self.state.global_step,
             "lora": has_lora(self.e5omni_model),
             "gradcache_mini_batch_size": args.gradcache_mini_batch_size,
@@ -374,6 +418,67 @@ class _ConcatExamples(Sequence):
     def __getitem__(self, index: int) -> dict:
         n = len(self.first)
         return self.first[index] if index < n else self.second[index - n]
+
+
+def _examples_source(
+    kind: str, examples: Any, dataset: Any, column_map: Any, media_root: Any, stream_id: int
+) -> Sequence[dict] | HFStream | None:
+    """The one source of `kind` examples: a sequence as given, a `Dataset` as a lazy view, an `IterableDataset` as a
+    stream."""
+    if examples is not None and dataset is not None:
+        raise TypeError(f"give {kind}_examples or {kind}_dataset, not both")
+    if dataset is None:
+        if examples is not None and not isinstance(examples, Sequence):
+            raise TypeError(
+                f"{kind}_examples must be a sequence of examples, got {type(examples).__name__}; pass a "
+                f"datasets.Dataset / IterableDataset as {kind}_dataset="
+            )
+        return examples
+    import datasets
+
+    from e5omni.data import from_hf_dataset, stream_hf_dataset
+
+    if isinstance(dataset, datasets.IterableDataset):
+        return stream_hf_dataset(dataset, column_map, media_root=media_root, stream_id=stream_id)
+    if isinstance(dataset, datasets.Dataset):
+        return from_hf_dataset(dataset, column_map, media_root=media_root)
+    if isinstance(dataset, Sequence) and not isinstance(dataset, (str, bytes)):
+        return dataset  # plain lists keep working under the sentence-transformers name too
+    raise TypeError(
+        f"{kind}_dataset must be a datasets.Dataset, a datasets.IterableDataset or a sequence of examples, got "
+        f"{type(dataset).__name__} (a DatasetDict: pick a split)"
+    )
+
+
+def _min_negatives(source: Any) -> int:
+    """The fewest hard negatives of any example: the schema's count for a stream, a cheap column count for the views
+    that have one (`min_negatives`), else a pass over the examples."""
+    if isinstance(source, HFStream):
+        return source.num_negatives
+    if hasattr(source, "min_negatives"):
+        return int(source.min_negatives())
+    if isinstance(source, HFExamples):
+        return len(source._schema.negative_roles)
+    return min(len(e.get("negatives") or []) for e in source) if len(source) else 0
+
+
+def _narrow(source: Any, k: int) -> Any:
+    """Views that can build only the first k negatives do so (a Tevatron row may list dozens)."""
+    return source.with_max_negatives(k) if hasattr(source, "with_max_negatives") else source
+
+
+def _no_batch_dispatch(args: E5OmniTrainingArguments) -> None:
+    """accelerate would read an IterableDataset on rank 0 and slice the collated batches across ranks, which cannot
+    work for our batches (media features are not per-row tensors); each rank reads its own share of rows instead."""
+    config = getattr(args, "accelerator_config", None)
+    if config is None:
+        return
+    if getattr(config, "dispatch_batches", None):
+        raise ValueError(
+            "accelerator_config.dispatch_batches=True cannot stream omni batches (they are not sliceable per row); "
+            "leave it unset: each process then reads its own rows of the stream"
+        )
+    config.dispatch_batches = False
 
 
 def _pair_of(example: dict) -> str:

@@ -20,7 +20,9 @@ What lives where (everything public is re-exported here, so ``from e5omni.data i
 - ``paths``: resolve_media_path, the media-root confinement rules;
 - ``columns``: the column naming shared by CSV files and ``datasets`` columns;
 - ``files``: load_jsonl, load_csv;
-- ``hf``: from_hf_dataset, load_hub_dataset, HFExamples, decode_audio_bytes;
+- ``hf``: from_hf_dataset, stream_hf_dataset, load_hub_dataset, HFExamples, HFStream, decode_audio_bytes;
+- ``public``: the public training sets in their own schemas (MMEBExamples, TevatronExamples, CaptionExamples);
+- ``mixture``: weighted mixtures of data specs (MixedExamples, load_mixture);
 - ``corpus``: RetrievalCorpus, to_corpus (the retrieval view);
 - ``specs``: load_data_spec, the one way a command turns a data spec string into examples;
 - ``synthetic``: the bundled generated dataset.
@@ -33,7 +35,14 @@ from __future__ import annotations
 from e5omni.data.corpus import RetrievalCorpus, to_corpus
 from e5omni.data.errors import BadRowError, DataError, InvalidItemError, MissingMediaError, UnsafeMediaPathError
 from e5omni.data.files import load_csv, load_jsonl
-from e5omni.data.hf import HFExamples, decode_audio_bytes, from_hf_dataset, load_hub_dataset
+from e5omni.data.hf import (
+    HFExamples,
+    HFStream,
+    decode_audio_bytes,
+    from_hf_dataset,
+    load_hub_dataset,
+    stream_hf_dataset,
+)
 from e5omni.data.items import (
     AUDIO_SAMPLING_RATE,
     EXAMPLE_KEYS,
@@ -55,6 +64,7 @@ __all__ = [
     "DataError",
     "EXAMPLE_KEYS",
     "HFExamples",
+    "HFStream",
     "InvalidItemError",
     "ITEM_KEYS",
     "MEDIA_KEYS",
@@ -73,6 +83,7 @@ __all__ = [
     "modality_signature",
     "pair_name",
     "resolve_media_path",
+    "stream_hf_dataset",
     "to_corpus",
     "validate_example",
 ]

@@ -29,45 +29,62 @@ class InvalidItemError(DataError, E5OmniInputError):
 class BadRowError(DataError):
     """A row of a dataset file or `datasets.Dataset` does not follow the schema.
 
-    ``source`` is the file (or "dataset"), ``row`` the 1-based line number for files or the 0-based index for
-    datasets, so the message points at the exact place to fix.
+    ``source`` is the file (or "dataset"), ``row`` the 1-based line number for JSON-lines / CSV files or the 0-based
+    index for datasets and Parquet tables (``unit="row"``), ``column`` the column (or field) at fault when one is, so
+    the message points at the exact place to fix.
     """
 
-    def __init__(self, message: str, *, source: str | None = None, row: int | None = None):
-        self.source = source
-        self.row = row
-        super().__init__(f"{_prefix(source, row)}{message}")
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        unit: str | None = None,
+    ):
+        self.source, self.row, self.column, self.unit = source, row, column, unit
+        super().__init__(f"{_prefix(source, row, column, unit)}{message}")
 
 
 class UnsafeMediaPathError(DataError):
     """A media path from a dataset would read outside the media root (``..``, absolute, URL, escaping symlink)."""
 
-    def __init__(self, path: str, reason: str, *, source: str | None = None, row: int | None = None, column=None):
+    def __init__(
+        self, path: str, reason: str, *, source: str | None = None, row: int | None = None, column=None, unit=None
+    ):
         self.path, self.reason, self.source, self.row, self.column = path, reason, source, row, column
-        super().__init__(f"{_prefix(source, row, column)}refusing media path {path!r}: {reason}")
+        super().__init__(f"{_prefix(source, row, column, unit)}refusing media path {path!r}: {reason}")
 
 
 class MissingMediaError(DataError, FileNotFoundError):
     """A (safe) media path points at nothing; caught at load time instead of in the middle of training."""
 
-    def __init__(self, path: str, resolved: Path, *, source: str | None = None, row: int | None = None, column=None):
+    def __init__(
+        self, path: str, resolved: Path, *, source: str | None = None, row: int | None = None, column=None, unit=None
+    ):
         self.path, self.resolved, self.source, self.row, self.column = path, resolved, source, row, column
-        super().__init__(f"{_prefix(source, row, column)}media file {path!r} not found (looked for {resolved})")
+        super().__init__(f"{_prefix(source, row, column, unit)}media file {path!r} not found (looked for {resolved})")
 
 
-def _where(source: str | None, row: int | None, column: str | None = None) -> str:
-    """Human location of a problem: "data.jsonl line 3, column 'query.image'", "row 5" (datasets), or ""."""
+def _where(source: str | None, row: int | None, column: str | None = None, unit: str | None = None) -> str:
+    """Human location of a problem: "data.jsonl line 3, column 'query.image'", "row 5" (datasets), or "".
+
+    ``unit`` names what ``row`` counts when it is not the default (lines of a named file, rows of "dataset"), e.g.
+    "row" for a Parquet table's 0-based rows."""
     parts = []
     if source:
         parts.append(source)
     if row is not None:
-        parts.append(f"line {row}" if source and source != "dataset" else f"row {row}")
+        if unit is None:
+            unit = "line" if source and source not in ("dataset", "stream") else "row"
+        parts.append(f"{unit} {row}")
     where = " ".join(parts)
     if column is not None:
         where = f"{where}, column {column!r}" if where else f"column {column!r}"
     return where
 
 
-def _prefix(source: str | None, row: int | None, column: str | None = None) -> str:
-    where = _where(source, row, column)
+def _prefix(source: str | None, row: int | None, column: str | None = None, unit: str | None = None) -> str:
+    where = _where(source, row, column, unit)
     return f"{where}: " if where else ""

@@ -87,6 +87,36 @@ def _list_depth(feature: Any) -> int | None:
     return None
 
 
+def _is_item_struct(feature: Any) -> bool:
+    """A struct feature whose keys are item fields (one item with several modalities), not an audio struct."""
+    return (
+        isinstance(feature, dict)
+        and bool(feature)
+        and set(feature) <= set(ITEM_KEYS)
+        and set(feature) != {"array", "sampling_rate"}
+    )
+
+
+def _struct_kinds(feature: dict, column: str) -> dict[str, str]:
+    """The kind of each field of an item struct, keyed ``column.field``."""
+    return {f"{column}.{key}": _column_kind(sub, key, f"{column}.{key}") for key, sub in feature.items()}
+
+
+def _undecoded(feature: Any) -> Any:
+    """The same feature with Audio / Video (also inside an item struct) left undecoded: decoded here instead."""
+    import datasets
+
+    if isinstance(feature, datasets.Audio) and feature.decode:
+        return datasets.Audio(decode=False)
+    if isinstance(feature, datasets.Video) and feature.decode:
+        return datasets.Video(decode=False)
+    if isinstance(feature, datasets.Image) and not feature.decode:
+        return datasets.Image(decode=True)
+    if _is_item_struct(feature):
+        return {key: _undecoded(sub) for key, sub in feature.items()}
+    return feature
+
+
 def _column_kind(feature: Any, fld: str, column: str) -> str:
     """Classify a column for field ``fld``; refuse feature types that cannot carry that field.
 
@@ -96,6 +126,8 @@ def _column_kind(feature: Any, fld: str, column: str) -> str:
     import datasets
 
     is_string = isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+    if fld == "item" and _is_item_struct(feature):
+        return "struct"
     if fld == "item":
         for candidate in ("text", "image", "audio", "video"):
             try:
@@ -132,7 +164,147 @@ def _column_kind(feature: Any, fld: str, column: str) -> str:
     raise DataError(f"column {column!r} cannot provide {fld!r}: its feature is {feature!r}; expected {expected}")
 
 
-class HFExamples(Sequence):
+class _RowConverter:
+    """Rows of a `datasets` table -> omni examples, by the column kinds decided once from the features."""
+
+    _schema: _Schema
+    _kinds: dict[str, str]
+    _media_root: Path | None
+    source = "dataset"
+
+    def _convert(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        roles = self._schema.roles
+        example = self._schema.example({role: self._convert_item(row, role, roles[role], index) for role in roles})
+        for key, column in self._schema.passthrough.items():
+            value = row[column]
+            if value is not None:
+                example[key] = value if isinstance(value, str) else str(value)
+        return example
+
+    def _convert_item(self, row: Mapping[str, Any], role: str, fields: dict[str, str], index: int) -> Any:
+        if "item" in fields:
+            column = fields["item"]
+            value = row[column]
+            if value is None:
+                raise BadRowError(f"{role}: column {column!r} is empty (None)", source=self.source, row=index)
+            kind = self._kinds[column]
+            if kind == "struct":
+                return self._convert_struct(value, role, column, index)
+            fld = kind.split("_")[0]
+            converted = self._convert_value(value, kind, column, index)
+            if fld == "text" and not converted.strip():
+                raise BadRowError(f"{role}: column {column!r} has empty text", source=self.source, row=index)
+            instruction = row[fields["instruction"]] if "instruction" in fields else None
+            if instruction:
+                return {fld: converted, "instruction": instruction}
+            return converted if fld in ("text", "image") else {fld: converted}
+        item: dict[str, Any] = {}
+        for fld, column in fields.items():
+            value = row[column]
+            if value is None or (isinstance(value, str) and value == ""):
+                continue  # absent, as an empty CSV cell
+            item[fld] = self._convert_value(value, self._kinds[column], column, index)
+        if not any(k in item for k in MODALITIES):
+            raise BadRowError(
+                f"{role} is empty; expected a value in one of {sorted(fields.values())}", source=self.source, row=index
+            )
+        if set(item) == {"text"}:
+            return item["text"]
+        return item
+
+    def _convert_struct(self, value: Any, role: str, column: str, index: int) -> Any:
+        """A struct column holding one item with several fields (``{"text": ..., "image": ..., "audio": ...}``)."""
+        if not isinstance(value, Mapping):
+            raise BadRowError(
+                f"{role}: column {column!r} should hold a struct, got {type(value).__name__}",
+                source=self.source,
+                row=index,
+            )
+        item: dict[str, Any] = {}
+        for key, sub in value.items():
+            if sub is None or (isinstance(sub, str) and sub == ""):
+                continue  # absent field, as an empty CSV cell
+            item[key] = self._convert_value(sub, self._kinds[f"{column}.{key}"], f"{column}.{key}", index)
+        if not any(k in item for k in MODALITIES):
+            raise BadRowError(f"{role}: struct column {column!r} holds no text or media", source=self.source, row=index)
+        if isinstance(item.get("text"), str) and not item["text"].strip():
+            raise BadRowError(f"{role}: column '{column}.text' has empty text", source=self.source, row=index)
+        return item["text"] if set(item) == {"text"} else item
+
+    def _convert_value(self, value: Any, kind: str, column: str, index: int) -> Any:
+        if kind == "text":
+            if not isinstance(value, str):
+                raise BadRowError(
+                    f"column {column!r}: expected a string, got {type(value).__name__}", source=self.source, row=index
+                )
+            return value
+        if kind == "image":
+            if not isinstance(value, Image.Image):
+                raise BadRowError(
+                    f"column {column!r}: expected an image, got {type(value).__name__}", source=self.source, row=index
+                )
+            return value
+        if kind.endswith("_path"):
+            if self._media_root is None:
+                raise DataError(f"column {column!r} holds media paths; pass media_root= to resolve them safely")
+            return str(resolve_media_path(self._media_root, value, source=self.source, row=index, column=column))
+        if kind == "audio_struct":
+            array = np.asarray(value["array"], dtype=np.float32)
+            return {"array": array, "sampling_rate": int(value["sampling_rate"])}
+        if kind == "audio_array":
+            return np.asarray(value, dtype=np.float32)
+        if kind == "audio_feature":
+            return self._decode_audio_feature(value, column, index)
+        if kind == "video_array":
+            return _as_uint8_frames(value, column, index)
+        if kind == "video_feature":
+            return self._video_feature_path(value, column, index)
+        raise AssertionError(kind)  # pragma: no cover - kinds come from _column_kind
+
+    def _feature_path(self, value: Mapping[str, Any], column: str, index: int) -> str | None:
+        path = value.get("path")
+        if not path:
+            return None
+        if self._media_root is None:
+            return str(path)  # written by `datasets` itself when the dataset was built from local files
+        real_root = self._media_root.resolve()
+        resolved = Path(path).resolve() if os.path.isabs(path) else None
+        if resolved is not None:
+            if real_root not in resolved.parents:
+                raise UnsafeMediaPathError(
+                    str(path), f"outside the media root {real_root}", source=self.source, row=index, column=column
+                )
+            return str(resolved)
+        return str(resolve_media_path(real_root, path, source=self.source, row=index, column=column))
+
+    def _decode_audio_feature(self, value: Mapping[str, Any], column: str, index: int) -> dict[str, Any]:
+        data = value.get("bytes")
+        if data is None:
+            path = self._feature_path(value, column, index)
+            if path is None:
+                raise BadRowError(f"column {column!r}: audio has neither bytes nor path", source=self.source, row=index)
+            with open(path, "rb") as handle:
+                data = handle.read()
+        try:
+            return {"array": decode_audio_bytes(data), "sampling_rate": AUDIO_SAMPLING_RATE}
+        except Exception as err:  # soundfile raises its own LibsndfileError
+            raise BadRowError(
+                f"column {column!r}: cannot decode audio ({err})", source=self.source, row=index
+            ) from None
+
+    def _video_feature_path(self, value: Any, column: str, index: int) -> str:
+        path = self._feature_path(value, column, index) if isinstance(value, Mapping) else None
+        if path is None:
+            raise BadRowError(
+                f"column {column!r}: a Video feature without a local path cannot be passed on; store frames as a "
+                "(T, H, W, 3) uint8 array column or files under media_root",
+                source=self.source,
+                row=index,
+            )
+        return path
+
+
+class HFExamples(_RowConverter, Sequence):
     """A lazy, indexable view of a ``datasets.Dataset`` as omni training examples.
 
     Rows are converted on access (images decoded by ``datasets``/PIL, audio bytes decoded to 16 kHz float32), so a
@@ -172,114 +344,6 @@ class HFExamples(Sequence):
         """Read and check every row (decodes media; costs one pass over the data)."""
         for i in range(len(self)):
             validate_example(self[i], i)
-
-    def _convert(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
-        roles = self._schema.roles
-        example = self._schema.example({role: self._convert_item(row, role, roles[role], index) for role in roles})
-        for key, column in self._schema.passthrough.items():
-            value = row[column]
-            if value is not None:
-                example[key] = value if isinstance(value, str) else str(value)
-        return example
-
-    def _convert_item(self, row: Mapping[str, Any], role: str, fields: dict[str, str], index: int) -> Any:
-        if "item" in fields:
-            column = fields["item"]
-            value = row[column]
-            if value is None:
-                raise BadRowError(f"{role}: column {column!r} is empty (None)", source="dataset", row=index)
-            kind = self._kinds[column]
-            fld = kind.split("_")[0]
-            converted = self._convert_value(value, kind, column, index)
-            if fld == "text" and not converted.strip():
-                raise BadRowError(f"{role}: column {column!r} has empty text", source="dataset", row=index)
-            instruction = row[fields["instruction"]] if "instruction" in fields else None
-            if instruction:
-                return {fld: converted, "instruction": instruction}
-            return converted if fld in ("text", "image") else {fld: converted}
-        item: dict[str, Any] = {}
-        for fld, column in fields.items():
-            value = row[column]
-            if value is None or (isinstance(value, str) and value == ""):
-                continue  # absent, as an empty CSV cell
-            item[fld] = self._convert_value(value, self._kinds[column], column, index)
-        if not any(k in item for k in MODALITIES):
-            raise BadRowError(
-                f"{role} is empty; expected a value in one of {sorted(fields.values())}", source="dataset", row=index
-            )
-        if set(item) == {"text"}:
-            return item["text"]
-        return item
-
-    def _convert_value(self, value: Any, kind: str, column: str, index: int) -> Any:
-        if kind == "text":
-            if not isinstance(value, str):
-                raise BadRowError(
-                    f"column {column!r}: expected a string, got {type(value).__name__}", source="dataset", row=index
-                )
-            return value
-        if kind == "image":
-            if not isinstance(value, Image.Image):
-                raise BadRowError(
-                    f"column {column!r}: expected an image, got {type(value).__name__}", source="dataset", row=index
-                )
-            return value
-        if kind.endswith("_path"):
-            if self._media_root is None:
-                raise DataError(f"column {column!r} holds media paths; pass media_root= to resolve them safely")
-            return str(resolve_media_path(self._media_root, value, source="dataset", row=index, column=column))
-        if kind == "audio_struct":
-            array = np.asarray(value["array"], dtype=np.float32)
-            return {"array": array, "sampling_rate": int(value["sampling_rate"])}
-        if kind == "audio_array":
-            return np.asarray(value, dtype=np.float32)
-        if kind == "audio_feature":
-            return self._decode_audio_feature(value, column, index)
-        if kind == "video_array":
-            return _as_uint8_frames(value, column, index)
-        if kind == "video_feature":
-            return self._video_feature_path(value, column, index)
-        raise AssertionError(kind)  # pragma: no cover - kinds come from _column_kind
-
-    def _feature_path(self, value: Mapping[str, Any], column: str, index: int) -> str | None:
-        path = value.get("path")
-        if not path:
-            return None
-        if self._media_root is None:
-            return str(path)  # written by `datasets` itself when the dataset was built from local files
-        real_root = self._media_root.resolve()
-        resolved = Path(path).resolve() if os.path.isabs(path) else None
-        if resolved is not None:
-            if real_root not in resolved.parents:
-                raise UnsafeMediaPathError(
-                    str(path), f"outside the media root {real_root}", source="dataset", row=index, column=column
-                )
-            return str(resolved)
-        return str(resolve_media_path(real_root, path, source="dataset", row=index, column=column))
-
-    def _decode_audio_feature(self, value: Mapping[str, Any], column: str, index: int) -> dict[str, Any]:
-        data = value.get("bytes")
-        if data is None:
-            path = self._feature_path(value, column, index)
-            if path is None:
-                raise BadRowError(f"column {column!r}: audio has neither bytes nor path", source="dataset", row=index)
-            with open(path, "rb") as handle:
-                data = handle.read()
-        try:
-            return {"array": decode_audio_bytes(data), "sampling_rate": AUDIO_SAMPLING_RATE}
-        except Exception as err:  # soundfile raises its own LibsndfileError
-            raise BadRowError(f"column {column!r}: cannot decode audio ({err})", source="dataset", row=index) from None
-
-    def _video_feature_path(self, value: Any, column: str, index: int) -> str:
-        path = self._feature_path(value, column, index) if isinstance(value, Mapping) else None
-        if path is None:
-            raise BadRowError(
-                f"column {column!r}: a Video feature without a local path cannot be passed on; store frames as a "
-                "(T, H, W, 3) uint8 array column or files under media_root",
-                source="dataset",
-                row=index,
-            )
-        return path
 
 
 def decode_audio_bytes(data: bytes) -> np.ndarray:
@@ -337,11 +401,17 @@ def from_hf_dataset(
     if isinstance(ds, (datasets.IterableDataset, datasets.DatasetDict)):
         raise DataError(
             f"from_hf_dataset needs a datasets.Dataset (one split, not streaming); got {type(ds).__name__}. "
-            "Select a split (ds['train']) or load without streaming."
+            "Select a split (ds['train']), load without streaming, or stream it with stream_hf_dataset."
         )
     if not isinstance(ds, datasets.Dataset):
         raise DataError(f"from_hf_dataset needs a datasets.Dataset, got {type(ds).__name__}")
-    columns = list(ds.column_names)
+    ds, schema, kinds = _prepare(ds, ds.features, column_map)
+    return HFExamples(ds, schema, kinds, Path(media_root) if media_root is not None else None)
+
+
+def _prepare(ds: Any, features: Any, column_map: Mapping[str, Any] | None) -> tuple[Any, _Schema, dict[str, str]]:
+    """Schema and column kinds from the features; Audio / Video cast to undecoded (decoded here), Image decoded."""
+    columns = list(features)
     if column_map is None:
         schema = _schema_from_columns(columns, "dataset")
     else:
@@ -349,16 +419,78 @@ def from_hf_dataset(
     kinds: dict[str, str] = {}
     for fields in schema.roles.values():
         for fld, column in fields.items():
-            kinds[column] = _column_kind(ds.features[column], fld, column)
-    for column, kind in list(kinds.items()):
-        feature = ds.features[column]
-        if kind == "audio_feature" and feature.decode:
-            ds = ds.cast_column(column, datasets.Audio(decode=False))
-        elif kind == "video_feature" and feature.decode:
-            ds = ds.cast_column(column, datasets.Video(decode=False))
-        elif kind == "image" and not feature.decode:
-            ds = ds.cast_column(column, datasets.Image(decode=True))
-    return HFExamples(ds, schema, kinds, Path(media_root) if media_root is not None else None)
+            kinds[column] = _column_kind(features[column], fld, column)
+            if kinds[column] == "struct":
+                kinds.update(_struct_kinds(features[column], column))
+    for column in list(kinds):
+        if "." in column and column not in features:
+            continue  # a struct field, cast with its struct
+        feature = features[column]
+        cast = _undecoded(feature)
+        if cast is not feature and cast != feature:
+            ds = ds.cast_column(column, cast)
+    return ds, schema, kinds
+
+
+class HFStream(_RowConverter):
+    """A streamed ``datasets.IterableDataset`` of omni examples: rows are converted one at a time as they arrive.
+
+    ``dataset`` is what the trainer's DataLoader iterates: the user's stream with Audio / Video cast to undecoded and
+    two bookkeeping columns, ``__row__`` (the row's 0-based position in the stream as this process reads it) and
+    ``__stream__`` (which stream of the trainer the row belongs to). ``convert(row)`` turns one such row into an
+    example, raising BadRowError naming the streamed row and the column. Nothing is read until iteration starts, and
+    nothing read is kept.
+    """
+
+    source = "stream"
+
+    def __init__(self, ds: Any, schema: _Schema, kinds: dict[str, str], media_root: Path | None, stream_id: int = 0):
+        import datasets
+
+        self._schema, self._kinds, self._media_root = schema, kinds, media_root
+        self.stream_id = stream_id
+        features = datasets.Features(
+            {**ds.features, "__row__": datasets.Value("int64"), "__stream__": datasets.Value("int64")}
+        )
+        self.dataset = ds.map(
+            lambda row, i: {"__row__": i, "__stream__": stream_id}, with_indices=True, features=features
+        )
+
+    @property
+    def num_negatives(self) -> int:
+        """Every row has exactly this many hard negatives: one per negative column."""
+        return len(self._schema.negative_roles)
+
+    def convert(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return self._convert(row, int(row["__row__"]))
+
+
+def stream_hf_dataset(
+    ds: Any,
+    column_map: Mapping[str, Any] | None = None,
+    *,
+    media_root: str | os.PathLike | None = None,
+    stream_id: int = 0,
+) -> HFStream:
+    """View a ``datasets.IterableDataset`` (streaming) as omni examples, with the columns rules of `from_hf_dataset`.
+
+    The stream needs features (``IterableDataset.from_generator(..., features=...)`` or ``ds.cast(features)``): column
+    kinds are decided from them before the first row is read, as for a ``Dataset``.
+    """
+    import datasets
+
+    if not isinstance(ds, datasets.IterableDataset):
+        raise DataError(f"stream_hf_dataset needs a datasets.IterableDataset, got {type(ds).__name__}")
+    if ds.features is None:
+        raise DataError(
+            "the IterableDataset has no features, so its column types are unknown before reading; give them with "
+            "IterableDataset.from_generator(..., features=Features(...)) or ds.cast(Features(...))"
+        )
+    reserved = [c for c in ("__row__", "__stream__") if c in ds.features]
+    if reserved:
+        raise DataError(f"the stream already has column(s) {reserved}, which the trainer reserves")
+    ds, schema, kinds = _prepare(ds, ds.features, column_map)
+    return HFStream(ds, schema, kinds, Path(media_root) if media_root is not None else None, stream_id)
 
 
 def load_hub_dataset(

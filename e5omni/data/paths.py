@@ -20,6 +20,7 @@ def resolve_media_path(
     source: str | None = None,
     row: int | None = None,
     column: str | None = None,
+    unit: str | None = None,
 ) -> Path:
     """Resolve a dataset's media path under ``root``, refusing anything that could read elsewhere.
 
@@ -37,7 +38,7 @@ def resolve_media_path(
         text = os.fsdecode(text)
 
     def refuse(reason: str) -> UnsafeMediaPathError:
-        return UnsafeMediaPathError(text, reason, source=source, row=row, column=column)
+        return UnsafeMediaPathError(text, reason, source=source, row=row, column=column, unit=unit)
 
     if not text.strip():
         raise refuse("it is empty")
@@ -56,5 +57,5 @@ def resolve_media_path(
     if resolved == real_root:
         raise refuse("it names the media root itself, not a file")
     if must_exist and not resolved.is_file():
-        raise MissingMediaError(text, resolved, source=source, row=row, column=column)
+        raise MissingMediaError(text, resolved, source=source, row=row, column=column, unit=unit)
     return resolved

@@ -3,6 +3,13 @@
     synthetic:train | synthetic:test     the bundled generated set (e5omni.data.synthetic)
     FILE.jsonl | FILE.json | FILE.csv    our file schema (docs/data.md); media paths confined to `media_root`
     hub:NAME[:split]                     a Hugging Face dataset in our column layout (or a column map)
+    mmeb:PATH[?split=original]           VLM2Vec's MMEB-train as it ships (a Parquet file or a folder of them)
+    tevatron:PATH[?corpus=C&assets=A]    Tevatron's OmniEmbed format (queries + corpus), or its legacy text form
+    caption:PATH                         a caption table (AudioCaps, MSR-VTT): `caption` + audio / video / image
+    mix:FILE.yaml                        a weighted mixture of the forms above (e5omni.data.mixture)
+
+The public forms (e5omni.data.public) take options after `?`, URL-query style (`&` between them); media paths are
+confined to `media_root` (Tevatron: the `assets` option, else `media_root`).
 
 `e5omni train --train_data/--eval_data` and `e5omni eval --data` both call `load_data_spec`.
 """
@@ -18,7 +25,11 @@ from e5omni.data import DataError
 
 SYNTHETIC_SPLITS = ("train", "test")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv")
-SPEC_FORMS = "synthetic:train, synthetic:test, a .jsonl / .json / .csv file, or hub:NAME[:split]"
+SPEC_FORMS = (
+    "synthetic:train, synthetic:test, a .jsonl / .json / .csv file, hub:NAME[:split], mmeb:PATH, tevatron:PATH, "
+    "caption:PATH or mix:FILE.yaml"
+)
+SPEC_OPTIONS = {"mmeb": ("split",), "tevatron": ("corpus", "assets"), "caption": ()}
 
 
 class DataSpecError(DataError):
@@ -45,7 +56,14 @@ def load_data_spec(
     """
     if not isinstance(spec, str) or not spec:
         raise DataSpecError(f"expected a data spec ({SPEC_FORMS}), got {spec!r}")
-    if spec.startswith("synthetic:"):
+    prefix = spec.split(":", 1)[0]
+    if prefix in SPEC_OPTIONS:
+        examples = _load_public(spec, prefix, media_root)
+    elif prefix == "mix":
+        from e5omni.data.mixture import load_mixture
+
+        examples = load_mixture(spec[4:], media_root=media_root, split=split)
+    elif spec.startswith("synthetic:"):
         from e5omni.data.synthetic import build_synthetic
 
         which = spec.split(":", 1)[1]
@@ -80,3 +98,43 @@ def load_data_spec(
     if len(examples) == 0:
         raise DataSpecError(f"{spec!r} has no examples")
     return examples
+
+
+def parse_options(spec: str, prefix: str) -> tuple[str, dict[str, str]]:
+    """``PREFIX:PATH?key=value&key=value`` -> (PATH, options), refusing options the form does not take."""
+    from urllib.parse import parse_qsl
+
+    body = spec[len(prefix) + 1 :]
+    path, _, query = body.partition("?")
+    if not path:
+        raise DataSpecError(f"{spec!r} names no path; use {prefix}:PATH")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError:
+        raise DataSpecError(f"{spec!r}: options must read ?key=value&key=value") from None
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in SPEC_OPTIONS[prefix]:
+            raise DataSpecError(
+                f"{spec!r}: unknown option {key!r} for {prefix}:; it takes {list(SPEC_OPTIONS[prefix]) or 'none'}"
+            )
+        if key in options:
+            raise DataSpecError(f"{spec!r}: option {key!r} given twice")
+        options[key] = value
+    return path, options
+
+
+def _load_public(spec: str, prefix: str, media_root: str | os.PathLike | None) -> Sequence[dict[str, Any]]:
+    from e5omni.data.public import CaptionExamples, MMEBExamples, TevatronExamples
+
+    path, options = parse_options(spec, prefix)
+    if not Path(path).exists():
+        raise DataSpecError(f"{spec!r}: {path!r} not found (expected a table file or a folder of them)")
+    if prefix == "mmeb":
+        return MMEBExamples(path, media_root, split=options.get("split"))
+    if prefix == "tevatron":
+        corpus = options.get("corpus")
+        if corpus is not None and not Path(corpus).exists():
+            raise DataSpecError(f"{spec!r}: corpus {corpus!r} not found")
+        return TevatronExamples(path, corpus, options.get("assets", media_root))
+    return CaptionExamples(path, media_root)
