@@ -232,3 +232,52 @@ def test_cli_index_then_search_table_and_json(model_dir, tmp_path):
     as_json = subprocess.run(search + ["--json"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     results = json.loads(as_json.stdout)
     assert [r["rank"] for r in results] == [1, 2, 3] and results[0]["id"] == lines[1].split()[3]
+
+
+def test_hub_sources_load_a_dataset_and_name_bad_rows(model, tmp_path, monkeypatch):
+    """`hub:NAME[:SPLIT]` through the real `datasets.load_dataset`, on a local dataset folder (no network)."""
+    import datasets
+
+    from e5omni.index import iter_source, parse_hub
+    from e5omni.index.sources import count_source
+
+    features = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string")})
+    features["image"] = datasets.Image()
+    ds = datasets.Dataset.from_dict(
+        {
+            "id": ["cap", "pic", "both", "empty"],
+            "text": ["a red square", None, "a blue picture", None],
+            "image": [None, Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255)), None],
+        },
+        features=features,
+    )
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    ds.to_parquet(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    name = str(tmp_path / "ds")
+    assert parse_hub(f"hub:{name}") == (name, "train") and parse_hub("hub:org/set:test[:10]") == (
+        "org/set",
+        "test[:10]",
+    )
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    summary = build_corpus(model, f"hub:{name}:train", tmp_path / "i", shard_size=2, show_progress_bar=True)
+    assert calls[0] == ((name,), {"split": "train"})
+    assert (summary.embedded, summary.failed) == (3, 1)
+    rows, vectors = read_shards(tmp_path / "i")
+    assert [(r["id"], r["modalities"]) for r in rows] == [
+        ("cap", ["text"]),
+        ("pic", ["image"]),
+        ("both", ["text", "image"]),
+    ]
+    assert np.abs(vectors[0] - model.encode_document(["a red square"])[0].numpy()).max() < 1e-5
+    (error,) = map(json.loads, (tmp_path / "i" / "errors.jsonl").read_text().splitlines())
+    assert error["id"] == "empty" and error["error"] == "BadRowError" and "row 3" in error["source"]
+    # a split expression, and the row number as the id of a dataset without an id column
+    records = list(iter_source(f"hub:{name}:train[:2]"))
+    assert [r.id for r in records] == ["cap", "pic"] and count_source(f"hub:{name}:train[:2]") == 2
+    ds.remove_columns("id").to_parquet(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    assert [r.id for r in iter_source(f"hub:{name}")] == ["0", "1", "2", "3"]
+    ds.remove_columns(["text", "image"]).to_parquet(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="no text, image, audio, video column"):
+        list(iter_source(f"hub:{name}"))

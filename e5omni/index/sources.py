@@ -6,6 +6,11 @@
     FILE.jsonl / FILE.csv / FILE.parquet
                     one item per row: `id` plus any of `text`, `image`, `audio`, `video` (media paths relative to the
                     media root, default the file's folder, and confined to it: docs/data.md)
+    hub:NAME[:SPLIT]
+                    a Hugging Face dataset (`datasets.load_dataset(NAME, split=SPLIT or "train")`; NAME may be a
+                    local dataset folder): its `text`, `image`, `audio`, `video` columns make the item, typed by
+                    their features as docs/data.md says (string media columns are paths under --media-root); the
+                    id is the `id` column when there is one, else the 0-based row number; other columns are ignored
 
 Every record is either an item to embed or an error with its reason; a bad row or file never stops the stream and is
 never dropped. The order is fixed, so a resumed run sees the same records in the same shards.
@@ -163,8 +168,68 @@ def iter_table(path: str | os.PathLike, media_root: str | os.PathLike | None = N
         yield _table_record(entry, where, root, source, line)
 
 
+HUB_PREFIX = "hub:"
+
+
+def parse_hub(source: str) -> tuple[str, str]:
+    """`hub:NAME[:SPLIT]` -> (NAME, SPLIT); the split may hold colons itself (`train[:100]`)."""
+    name, _, split = source[len(HUB_PREFIX) :].partition(":")
+    if not name:
+        raise ValueError(f"{source!r}: expected hub:NAME or hub:NAME:SPLIT")
+    return name, split or "train"
+
+
+def iter_hub(
+    source: str, media_root: str | os.PathLike | None = None, *, load_kwargs: dict[str, Any] | None = None
+) -> Iterator[Record]:
+    """Records of a `hub:NAME[:SPLIT]` dataset (see the module docstring); a row that cannot be read is an error."""
+    import datasets
+
+    from e5omni.data.hf import from_hf_dataset
+
+    name, split = parse_hub(source)
+    ds = datasets.load_dataset(name, split=split, **(load_kwargs or {}))
+    if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split= always gives one Dataset
+        raise DataError(f"{source}: expected one split, got {list(ds)}")
+    columns = [c for c in ITEM_COLUMNS if c in ds.column_names]
+    if not columns:
+        raise DataError(
+            f"{source}: no {', '.join(ITEM_COLUMNS)} column to embed; its columns are {list(ds.column_names)}"
+        )
+    fields = {c: c for c in columns}
+    # the data layer's view wants a query and a positive: both are the row's item (converted twice, a cost only
+    # for Audio features, which it decodes)
+    view = from_hf_dataset(ds, {"query": fields, "positive": fields}, media_root=media_root)
+    ids = ds["id"] if "id" in ds.column_names else None
+    for row in range(len(ds)):
+        where = f"{source} row {row}"
+        rid = str(row) if ids is None else ids[row]
+        if rid is None or (isinstance(rid, str) and not rid.strip()):
+            yield Record(where, where, error=("BadRowError", f"{where}: missing 'id'"))
+            continue
+        rid = str(rid)
+        try:
+            item = view[row]["query"]
+        except (DataError, OSError) as err:
+            yield Record(rid, where, error=(type(err).__name__, str(err)))
+            continue
+        yield Record(rid, where, item=item)
+
+
+def count_source(source: str | os.PathLike, media_root: str | os.PathLike | None = None) -> int:
+    """How many records `iter_source` yields, without decoding anything (a progress bar's total)."""
+    if isinstance(source, str) and source.startswith(HUB_PREFIX):
+        import datasets
+
+        name, split = parse_hub(source)
+        return len(datasets.load_dataset(name, split=split))
+    return sum(1 for _ in iter_source(source, media_root))
+
+
 def iter_source(source: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Iterator[Record]:
-    """Records of a folder or a table file (see the module docstring)."""
+    """Records of a folder, a table file or a `hub:` dataset (see the module docstring)."""
+    if isinstance(source, str) and source.startswith(HUB_PREFIX):
+        return iter_hub(source, media_root)
     path = Path(source)
     if path.is_dir():
         if media_root is not None:
@@ -172,4 +237,4 @@ def iter_source(source: str | os.PathLike, media_root: str | os.PathLike | None 
         return iter_folder(path)
     if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         return iter_table(path, media_root)
-    raise FileNotFoundError(f"{source}: expected a folder or a {', '.join(TABLE_SUFFIXES)} file")
+    raise FileNotFoundError(f"{source}: expected a folder, a {', '.join(TABLE_SUFFIXES)} file or hub:NAME[:SPLIT]")
