@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,21 @@ def test_cli_binds_localhost_by_default_and_needs_the_corpus_source(built, capsy
 
     args = build_parser().parse_args(["app", str(built["index_dir"])])
     assert args.host == "127.0.0.1" and args.port == 7860
-    assert main(["app", str(built["index_dir"])]) == 2  # the manifest records no source and none was given
+    # the manifest records the corpus the index was built from: no --source needed
+    from e5omni.app.media import corpus_source
+    from e5omni.cli.app import load_engine
+    from e5omni.index import read_manifest
+
+    manifest = read_manifest(built["index_dir"])
+    assert corpus_source(manifest) == (str(built["folder"].resolve()), None)
+    engine, _ = load_engine(str(built["index_dir"]), model=built["engine"].model)
+    assert engine.store.missing == 0 and engine.size == built["engine"].size
+    # an index whose manifest records none (built from an iterable of records) and no --source: a usage error
+    bare = built["root"] / "no-source"
+    shutil.copytree(built["index_dir"], bare)
+    del manifest["source"]
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["app", str(bare)]) == 2
     assert "--source" in capsys.readouterr().err
     assert main(["app", str(built["root"])]) == 2  # not an index folder
     assert "not an e5omni index folder" in capsys.readouterr().err

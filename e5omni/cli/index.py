@@ -1,7 +1,8 @@
 """`e5omni index MODEL SOURCE --out DIR` and `e5omni search DIR --text ...`: embed a corpus, search it.
 
 Exit status of `index`: 0 when every item was embedded, 1 when some failed (they are in DIR/errors.jsonl, counted in
-the summary), 3 when `--max-errors` stopped the run early, 2 for a usage problem.
+the summary), 3 when `--max-errors` stopped the run early, 2 for a usage problem. `--engine ray` runs the same job on
+Ray Data (`e5omni.index.ray_engine`); Ray is imported only then.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from e5omni.cli.common import load_inference_model, positive_int
 def cmd_index(args: argparse.Namespace) -> int:
     from e5omni.index import CorpusIndex, IndexBuildError, build_corpus
 
+    if args.engine != "ray" and (args.ray_address is not None or args.ray_actors is not None):
+        print("e5omni index: --ray-address / --ray-actors need --engine ray", file=sys.stderr)
+        return 2
     try:
         model = load_inference_model(args.model)
         summary = build_corpus(
@@ -31,10 +35,13 @@ def cmd_index(args: argparse.Namespace) -> int:
             resume=args.resume,
             max_errors=args.max_errors,
             show_progress_bar=not args.no_progress,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            num_actors=args.ray_actors,
         )
         if not summary.stopped_early:
             CorpusIndex.build(args.out, kind=args.index)
-    except (IndexBuildError, FileNotFoundError, ValueError) as err:
+    except (IndexBuildError, FileNotFoundError, ValueError) as err:  # DataError is a ValueError
         print(f"e5omni index: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary.as_dict()))
@@ -87,7 +94,11 @@ def add_index_parsers(subparsers: Any) -> None:
 
     p = subparsers.add_parser("index", help="embed a folder or an item table into a searchable index folder")
     p.add_argument("model", help="a saved e5-omni model folder or Hub id")
-    p.add_argument("source", help="a folder (walked recursively) or a .jsonl / .csv / .parquet file of items")
+    p.add_argument(
+        "source",
+        help="a folder (walked recursively), a .jsonl / .csv / .parquet file of items, or hub:NAME[:SPLIT] "
+        "(a Hugging Face dataset with text/image/audio/video columns)",
+    )
     p.add_argument("--out", required=True, help="the index folder (fresh, or an unfinished one with --resume)")
     p.add_argument("--media-root", default=None, help="folder media paths in a table are relative to")
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -97,6 +108,16 @@ def add_index_parsers(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--max-errors", type=int, default=None, help="stop once more than N items have failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: Ray Data (decode in CPU tasks, embed in an actor pool; the [index] extra)",
+    )
+    p.add_argument("--ray-address", default=None, help="the Ray cluster to join (default: start a local one)")
+    p.add_argument(
+        "--ray-actors", type=positive_int, default=None, help="embedding actors (default: one per GPU, or one)"
+    )
     p.set_defaults(func=cmd_index)
 
     p = subparsers.add_parser("search", help="search an index folder; the options combine into one mixed query")

@@ -1,15 +1,18 @@
 """Embed a corpus and search it: `e5omni index` / `e5omni search`.
 
-- `sources.py`: folders and JSONL / CSV / Parquet item tables -> records (an item, or an error with its reason)
-- `build.py`: the local engine: sharded Parquet + manifest + errors.jsonl, resumable (`build_corpus`)
+- `sources.py`: folders, JSONL / CSV / Parquet item tables and `hub:` datasets -> records (an item, or an error
+  with its reason)
+- `build.py`: `build_corpus`: sharded Parquet + manifest + errors.jsonl, resumable; the local engine and the writer
+- `ray_engine.py`: the Ray Data engine (`engine="ray"`): decode in CPU tasks, embed in an actor pool (imports Ray)
 - `search.py`: `CorpusIndex` over faiss (flat / hnsw / ivfpq): build, load, search, add
 """
 
-from e5omni.index.build import BuildSummary, IndexBuildError, build_corpus, read_manifest
+from e5omni.index.build import ENGINES, BuildSummary, IndexBuildError, build_corpus, read_manifest
 from e5omni.index.search import KINDS, CorpusIndex, IndexMismatchError, SearchResult
-from e5omni.index.sources import Record, iter_folder, iter_source, iter_table
+from e5omni.index.sources import Record, iter_folder, iter_hub, iter_source, iter_table, parse_hub
 
 __all__ = [
+    "ENGINES",
     "KINDS",
     "BuildSummary",
     "CorpusIndex",
@@ -19,7 +22,9 @@ __all__ = [
     "SearchResult",
     "build_corpus",
     "iter_folder",
+    "iter_hub",
     "iter_source",
     "iter_table",
+    "parse_hub",
     "read_manifest",
 ]

@@ -12,6 +12,11 @@ Records are cut into shards of `shard_size` in the source's fixed order, so shar
 a killed run resumed with `resume=True` skips the finished shards, drops the error lines of the unfinished one, and
 redoes it, so every id ends up exactly once (in a shard or in errors.jsonl) with the same vector as an uninterrupted
 run. A bad item never stops the run; `max_errors` stops it early (with what was finished kept).
+
+Engines: `local` embeds the shards one after the other in this process; `ray` (`e5omni.index.ray_engine`) runs the
+same batches on Ray Data (decoding in CPU tasks, embedding in an actor pool) and finishes shards in any order, so
+the finished shards are a set (listed in shard order) and errors.jsonl is put back in shard order at the end. Both
+feed the same writer: the shard files, the manifest and errors.jsonl are the same whichever engine wrote them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from e5omni.index.sources import Record, iter_source
+from e5omni.index.sources import Record, count_source, iter_source
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
@@ -176,6 +181,43 @@ def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
     os.replace(tmp, path)
 
 
+ENGINES = ("local", "ray")
+
+
+def _shard_entries(number: int, chunk: list[Record], good: list[Record], vectors, failures) -> tuple[list, list]:
+    """(rows, error lines) of shard `number`: the same for every engine, so their files are identical."""
+    from e5omni.data.items import content_hash
+
+    rows, errors = [], []
+    for record in chunk:
+        if record.error is not None:
+            errors.append(_error_line(record, *record.error, number))
+    for i, record in enumerate(good):
+        if i in failures:
+            errors.append(_error_line(record, *failures[i], number))
+        else:
+            rows.append(
+                {
+                    "id": record.id,
+                    "source": record.source,
+                    "modalities": modality_names(record.item),
+                    "content_hash": content_hash(record.item),
+                    "vector": vectors[i],
+                }
+            )
+    return rows, errors
+
+
+def _local_engine(model, chunks: Iterator[tuple[int, list[Record]]], batch_size: int, truncate_dim: int | None):
+    """(number, chunk, good, vectors, failures) per shard, embedded in this process, in shard order."""
+    for number, chunk in chunks:
+        yield (number, chunk, *_embed_chunk(model, chunk, batch_size, truncate_dim))
+
+
+def _shard_number(entry: dict[str, Any]) -> int:
+    return int(entry["name"].split(".")[0])
+
+
 def build_corpus(
     model: Any,
     source: str | os.PathLike | Iterable[Record],
@@ -189,16 +231,29 @@ def build_corpus(
     resume: bool = False,
     max_errors: int | None = None,
     show_progress_bar: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    num_actors: int | None = None,
 ) -> BuildSummary:
-    """Embed every record of `source` into `out_dir` (see the module docstring); returns the summary."""
-    from tqdm.auto import tqdm
+    """Embed every record of `source` into `out_dir` (see the module docstring); returns the summary.
 
-    from e5omni.data.items import content_hash
+    `engine="ray"` runs the decoding and the embedding on Ray Data (`e5omni.index.ray_engine`; `model_path` is then
+    required: its actors load the model from there), on the cluster at `ray_address` or a local one, with
+    `num_actors` embedding actors (default: one per GPU of the cluster, or one). The shards, their vectors and
+    errors.jsonl are the same as the local engine's, and a run of one engine can be resumed by the other.
+    """
+    from tqdm.auto import tqdm
 
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     if truncate_dim is not None and not 0 < truncate_dim <= model.config.hidden_size:
         raise ValueError(f"truncate_dim must be in [1, {model.config.hidden_size}], got {truncate_dim}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    if engine == "ray" and not model_path:
+        raise ValueError("engine='ray' needs model_path: its actors load the model from that folder or Hub id")
+    if num_actors is not None and num_actors < 1:
+        raise ValueError(f"num_actors must be >= 1, got {num_actors}")
     out = Path(out_dir)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     wanted = {
@@ -222,11 +277,13 @@ def build_corpus(
         finished = old["shards"]
     elif any(p for p in out.iterdir() if p.name != SHARDS) or any((out / SHARDS).iterdir()):
         raise IndexBuildError(f"{out} is not empty and holds no manifest: index into a fresh folder")
+    # the ray engine finishes shards out of order: the finished ones are a set, listed in shard order
+    done = {_shard_number(s) for s in finished}
     # errors of the shards that finished stay; those of an interrupted shard are dropped (it is redone)
     kept_errors = []
     if (out / ERRORS).exists():
         for line in (out / ERRORS).read_text().splitlines():
-            if line.strip() and json.loads(line)["shard"] < len(finished):
+            if line.strip() and json.loads(line)["shard"] in done:
                 kept_errors.append(line)
     (out / ERRORS).write_text("".join(line + "\n" for line in kept_errors))
     summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept_errors))
@@ -235,52 +292,77 @@ def build_corpus(
     is_path = isinstance(source, (str, os.PathLike))
     records = iter_source(source, media_root) if is_path else iter(source)
     # a cheap first pass (file names or rows, nothing decoded) gives the progress bar its total and ETA
-    total = sum(1 for _ in iter_source(source, media_root)) if is_path and show_progress_bar else None
+    total = count_source(source, media_root) if is_path and show_progress_bar else None
     dim = wanted["contract"]["dimension"]
     start = time.perf_counter()
-    manifest = {**wanted, "shards": finished, "finished": False}
-    bar = tqdm(total=total, unit="item", desc="index", disable=not show_progress_bar, dynamic_ncols=True)
-    with bar:
+    manifest = {**wanted, "shards": finished, "finished": False, "engine": engine}
+    if is_path:  # what `e5omni app DIR` shows the media of (an iterable of records has no such source)
+        manifest["source"] = {
+            "path": source if str(source).startswith("hub:") else str(Path(source).resolve()),
+            "media_root": None if media_root is None else str(Path(media_root).resolve()),
+        }
+    bar = tqdm(total=total, unit="item", desc=f"index ({engine})", disable=not show_progress_bar, dynamic_ncols=True)
+
+    def todo() -> Iterator[tuple[int, list[Record]]]:
         for number, chunk in enumerate(_chunks(records, shard_size)):
-            if number < len(finished):
+            if number in done:
                 bar.update(len(chunk))
                 continue
-            good, vectors, failures = _embed_chunk(model, chunk, batch_size, truncate_dim)
-            rows, errors = [], []
-            for record in chunk:
-                if record.error is not None:
-                    errors.append(_error_line(record, *record.error, number))
-            for i, record in enumerate(good):
-                if i in failures:
-                    errors.append(_error_line(record, *failures[i], number))
-                else:
-                    rows.append(
-                        {
-                            "id": record.id,
-                            "source": record.source,
-                            "modalities": modality_names(record.item),
-                            "content_hash": content_hash(record.item),
-                            "vector": vectors[i],
-                        }
-                    )
-            name = f"{number:05d}.parquet"
-            _write_shard(out / SHARDS / name, rows, dim)
-            with open(out / ERRORS, "a") as handle:  # before the manifest names the shard: a crash redoes it
-                for entry in errors:
-                    handle.write(json.dumps(entry) + "\n")
-            finished.append({"name": name, "rows": len(rows), "errors": len(errors)})
-            write_json_atomic(out / MANIFEST, manifest)
-            summary.embedded += len(rows)
-            summary.failed += len(errors)
-            summary.errors_by_type.update(entry["error"] for entry in errors)
-            bar.update(len(chunk))
-            bar.set_postfix(failed=summary.failed)
-            if max_errors is not None and summary.failed > max_errors:
-                summary.stopped_early = True
-                break
+            yield number, chunk
+
+    if engine == "ray":
+        from e5omni.index.ray_engine import ray_engine
+
+        results = ray_engine(
+            model_path,
+            todo(),
+            batch_size=batch_size,
+            truncate_dim=truncate_dim,
+            fingerprint=wanted["model"]["fingerprint"],
+            address=ray_address,
+            num_actors=num_actors,
+        )
+    else:
+        results = _local_engine(model, todo(), batch_size, truncate_dim)
+    with bar:
+        try:
+            for number, chunk, good, vectors, failures in results:
+                rows, errors = _shard_entries(number, chunk, good, vectors, failures)
+                name = f"{number:05d}.parquet"
+                _write_shard(out / SHARDS / name, rows, dim)
+                with open(out / ERRORS, "a") as handle:  # before the manifest names the shard: a crash redoes it
+                    for entry in errors:
+                        handle.write(json.dumps(entry) + "\n")
+                finished.append({"name": name, "rows": len(rows), "errors": len(errors)})
+                finished.sort(key=_shard_number)
+                done.add(number)
+                write_json_atomic(out / MANIFEST, manifest)
+                summary.embedded += len(rows)
+                summary.failed += len(errors)
+                summary.errors_by_type.update(entry["error"] for entry in errors)
+                bar.update(len(chunk))
+                bar.set_postfix(failed=summary.failed)
+                if max_errors is not None and summary.failed > max_errors:
+                    summary.stopped_early = True
+                    break
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # the ray engine stops its pipeline (and the local cluster it started)
+    _sort_errors(out / ERRORS)
     summary.shards = len(finished)
     summary.seconds = time.perf_counter() - start
     manifest["finished"] = not summary.stopped_early
     manifest["counts"] = {"embedded": summary.embedded, "failed": summary.failed, "shards": summary.shards}
     write_json_atomic(out / MANIFEST, manifest)
     return summary
+
+
+def _sort_errors(path: Path) -> None:
+    """errors.jsonl in shard order (stable within a shard), as an uninterrupted local run writes it."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    ordered = sorted(lines, key=lambda line: json.loads(line)["shard"])
+    if ordered != lines:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in ordered))
+        os.replace(tmp, path)

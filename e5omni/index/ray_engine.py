@@ -1,0 +1,243 @@
+"""The Ray Data engine of `e5omni index` (`--engine ray`): the local engine's job, spread over a Ray cluster.
+
+    driver: records (sources.py) -> shards of `shard_size` -> model batches of `batch_size` good records
+    Ray Data: from_items(batches) -> map(decode + process: CPU tasks) -> map_batches(embed: an actor pool)
+    driver: batches back into shards -> the same writer as the local engine (shards, manifest, errors.jsonl)
+
+The batches are cut exactly as the local engine cuts them (the good records of one shard, `batch_size` at a time, in
+source order), and a bad item is taken out of its batch the same way (decode errors item by item, processing errors
+by the index the processor names), so every vector is computed from the same padded batch as the local engine's and
+equals it; the tests check that to 1e-5 (on CPU it is exact). A user with a cluster adds machines, not code:
+
+- decode + process runs in CPU tasks (`ray.data.Dataset.map`, one CPU each): `normalize_item` under the model's
+  budgets, then `E5OmniProcessor.process_decoded`; the tensors travel to the actors as an `.npz` blob (no pickle);
+- embedding runs in `num_actors` actors (default: one per GPU of the cluster, each holding one GPU; one on a
+  cluster without GPUs), each loading the model once from `model_path` and checking its fingerprint against the
+  driver's (a path that changed under a running job is refused, not mixed into one index);
+- the driver writes the Parquet shards as their batches come back, in whatever order shards finish; one writer keeps
+  the manifest, errors.jsonl and resume consistent (each vector is 4 * D bytes: the driver is never the
+  bottleneck next to the model). Resume is by shard, as for the local engine: a finished shard is in the manifest.
+
+Ray is imported only here, so `e5omni index` without `--engine ray` never imports it. The cluster is the one at
+`address` (`ray.init(address=...)`: "auto", "ray://host:10001"), the one this process already joined, or a local
+one started for the job and shut down after it. Every node needs e5-omni installed, and the model path must be
+readable from every node (a Hub id or a shared folder). `DataError`s of the sources are recorded by the driver as for
+the local engine; the items themselves (paths for folders and tables, decoded rows for `hub:` sources) are held by
+the driver while the job runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from e5omni.index.build import IndexBuildError
+from e5omni.index.sources import Record
+
+_PROCESSORS: dict[str, Any] = {}
+
+
+def _processor(model_path: str):
+    """The model's processor, loaded once per Ray worker process (tasks of one job reuse their workers)."""
+    if model_path not in _PROCESSORS:
+        from modeling_e5omni.processing_e5omni import E5OmniProcessor
+
+        _PROCESSORS[model_path] = E5OmniProcessor.from_pretrained(model_path)
+    return _PROCESSORS[model_path]
+
+
+def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, np.ndarray] | None, list[int], dict]:
+    """(features as numpy arrays, positions kept, {position: (error type, reason)}) for one model batch.
+
+    What `encode_document` does for a batch, with the local engine's fallback: an item that fails to decode is
+    taken out, and so is an item the processor refuses (by the index it names; one by one when it names none)."""
+    from modeling_e5omni.inputs_e5omni import E5OmniInputError
+    from modeling_e5omni.processing_e5omni import check_items, normalize_item
+
+    config = processor.config
+    decoded: dict[int, Any] = {}
+    failures: dict[int, tuple[str, str]] = {}
+    for position, item in enumerate(items):
+        try:
+            check_items([item], config.modalities)
+            decoded[position] = normalize_item(item, position, config)
+        except E5OmniInputError as err:
+            failures[position] = (type(err).__name__, err.reason)
+    pending = sorted(decoded)
+    while pending:
+        try:
+            batch = processor.process_decoded([decoded[p] for p in pending], "document", indices=pending)
+        except E5OmniInputError as err:
+            if err.index in pending:
+                failures[err.index] = (type(err).__name__, err.reason)
+                pending.remove(err.index)
+                continue
+            for p in list(pending):  # no usable index: find the bad items one by one
+                try:
+                    processor.process_decoded([decoded[p]], "document", indices=[p])
+                except E5OmniInputError as one:
+                    failures[p] = (type(one).__name__, one.reason)
+                    pending.remove(p)
+            continue
+        features = {}
+        for key, value in batch.items():
+            if not hasattr(value, "numpy"):
+                raise TypeError(f"processor output {key!r} is a {type(value).__name__}, not a tensor")
+            features[key] = value.detach().cpu().numpy()
+        return features, pending, failures
+    return None, [], failures
+
+
+def _pack(features: dict[str, np.ndarray] | None) -> bytes:
+    if features is None:
+        return b""
+    buffer = io.BytesIO()
+    np.savez(buffer, **features)
+    return buffer.getvalue()
+
+
+def _decode_row(row: dict[str, Any], model_path: str) -> dict[str, Any]:
+    """Ray task: one model batch of items -> its tensors (an .npz blob), the positions kept, the failures."""
+    items = pickle.loads(row["payload"])  # written by this job's driver, never read from user files
+    features, kept, failures = decode_and_process(_processor(model_path), items)
+    return {
+        "shard": row["shard"],
+        "batch": row["batch"],
+        "features": _pack(features),
+        "kept": json.dumps(kept),
+        "failures": json.dumps({str(k): v for k, v in failures.items()}),
+    }
+
+
+def _decode_task_args() -> dict[str, Any]:
+    return {"num_cpus": 1}
+
+
+class Embedder:
+    """Ray actor: loads the model once (on its GPU when it has one) and embeds batches of processed tensors."""
+
+    def __init__(self, model_path: str, truncate_dim: int | None):
+        from e5omni.cli.common import load_inference_model
+        from e5omni.evaluation.embeddings import model_fingerprint
+
+        self.model = load_inference_model(model_path).eval()
+        self.fingerprint = model_fingerprint(self.model)
+        self.device = next(self.model.parameters()).device
+        self.truncate_dim = truncate_dim
+
+    def embed(self, blob: bytes) -> np.ndarray:
+        import torch
+
+        from modeling_e5omni.modeling_e5omni import truncate_embeddings
+
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            features = {key: torch.from_numpy(data[key]).to(self.device) for key in data.files}
+        with torch.inference_mode():
+            embeddings = self.model(**features).embeddings.float().cpu()
+        if self.truncate_dim is not None:
+            embeddings = truncate_embeddings(embeddings, self.truncate_dim)
+        return embeddings.numpy().astype(np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        vectors = []
+        for blob, kept in zip(batch["features"], batch["kept"], strict=True):
+            blob = bytes(blob)
+            vectors.append(self.embed(blob).tobytes() if json.loads(str(kept)) else b"")
+        return {
+            "shard": batch["shard"],
+            "batch": batch["batch"],
+            "kept": batch["kept"],
+            "failures": batch["failures"],
+            "vectors": np.array(vectors, dtype=object),
+            "fingerprint": np.array([self.fingerprint] * len(vectors), dtype=object),
+        }
+
+
+def ray_engine(
+    model_path: str,
+    chunks: Iterator[tuple[int, list[Record]]],
+    *,
+    batch_size: int,
+    truncate_dim: int | None,
+    fingerprint: str,
+    address: str | None = None,
+    num_actors: int | None = None,
+) -> Iterator[tuple[int, list[Record], list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]]]]:
+    """(number, chunk, good, vectors, failures) per shard, as `build._local_engine` yields them, in finishing order.
+
+    Closing the generator stops the pipeline and shuts down the local cluster if this call started it."""
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - the [index] extra installs it
+        raise ImportError("--engine ray needs Ray Data: pip install 'e5-omni[index]'") from err
+
+    pending: dict[int, dict[str, Any]] = {}
+    batches: list[dict[str, Any]] = []
+    empty = []
+    for number, chunk in chunks:
+        good = [r for r in chunk if r.error is None]
+        n_batches = math.ceil(len(good) / batch_size)
+        pending[number] = {"chunk": chunk, "good": good, "left": n_batches, "vectors": {}, "failures": {}}
+        if not n_batches:
+            empty.append(number)
+        for b in range(n_batches):
+            items = [r.item for r in good[b * batch_size : (b + 1) * batch_size]]
+            batches.append({"shard": number, "batch": b, "payload": pickle.dumps(items)})
+
+    def finish(number: int):
+        state = pending.pop(number)
+        return number, state["chunk"], state["good"], state["vectors"], state["failures"]
+
+    for number in empty:  # nothing to embed: every record of the shard is an error of its source
+        yield finish(number)
+    if not batches:
+        return
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # build_corpus shows one bar for the whole job
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = num_actors or max(gpus, 1)
+        ds = ray.data.from_items(batches, override_num_blocks=min(len(batches), 4096))
+        # decode runs in CPU tasks of its own: Ray Data would otherwise fuse a task map into the actor map after
+        # it (decoding inside the embedding actors, one after the other); remote args from a function are never
+        # fused (ray.data._internal.logical.rules.operator_fusion.are_op_remote_args_compatible)
+        ds = ds.map(_decode_row, fn_kwargs={"model_path": model_path}, ray_remote_args_fn=_decode_task_args)
+        ds = ds.map_batches(
+            Embedder,
+            fn_constructor_kwargs={"model_path": model_path, "truncate_dim": truncate_dim},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            **({"num_gpus": 1} if gpus else {"num_cpus": 1}),
+        )
+        for row in ds.iter_rows():
+            if row["fingerprint"] != fingerprint:
+                raise IndexBuildError(
+                    f"the Ray actors loaded another model from {model_path} (fingerprint {row['fingerprint'][:12]}, "
+                    f"the driver's is {fingerprint[:12]}): did the folder change during the run?"
+                )
+            number, b = int(row["shard"]), int(row["batch"])
+            state = pending[number]
+            offset = b * batch_size
+            kept = json.loads(row["kept"])
+            if kept:
+                vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(kept), -1)
+                for position, vector in zip(kept, vectors, strict=True):
+                    state["vectors"][offset + position] = vector
+            for position, (kind, reason) in json.loads(row["failures"]).items():
+                state["failures"][offset + int(position)] = (kind, reason)
+            state["left"] -= 1
+            if state["left"] == 0:
+                yield finish(number)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,126 @@
+"""`e5omni index --engine ray`: the Ray Data engine gives the local engine's shards, vectors and errors file.
+
+One local Ray cluster (2 CPUs) for the module. The default tests compare the engines on the salted folder and
+resume an interrupted index shard by shard; the kill -9 run of the CLI is slow (a Ray cluster per process).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e5omni.cli.common import load_inference_model
+from e5omni.index import build_corpus, read_manifest
+from e5omni.index.search import read_shards
+from e5omni.release import save_hub_folder
+from e5omni.tiny import build_tiny_model
+from tests.cli_runs import REPO, env
+from tests.test_index import _salted_folder, _text_corpus
+
+ray = pytest.importorskip("ray", reason="Ray Data comes with the [index] extra")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
+    return save_hub_folder(model, processor, tmp_path_factory.mktemp("ray-model") / "m")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load_inference_model(str(model_dir))  # what the actors load: the same fingerprint
+
+
+def _same_index(a: Path, b: Path) -> None:
+    rows_a, vectors_a = read_shards(a)
+    rows_b, vectors_b = read_shards(b)
+    assert rows_a == rows_b  # ids, sources, modalities, content hashes, in the same order
+    assert vectors_a.shape == vectors_b.shape and np.abs(vectors_a - vectors_b).max() < 1e-5
+    assert (a / "errors.jsonl").read_text() == (b / "errors.jsonl").read_text()
+    manifest_a, manifest_b = read_manifest(a), read_manifest(b)
+    for key in ("shards", "counts", "contract", "model", "finished"):
+        assert manifest_a[key] == manifest_b[key], key
+
+
+def test_ray_engine_equals_the_local_engine_on_a_salted_folder(cluster, model, model_dir, tmp_path):
+    folder, good, bad = _salted_folder(tmp_path)
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    kwargs = {"shard_size": 4, "batch_size": 3, "show_progress_bar": False, "model_path": str(model_dir)}
+    build_corpus(model, folder, local, **kwargs)
+    summary = build_corpus(model, folder, distributed, engine="ray", **kwargs)
+    assert (summary.embedded, summary.failed) == (len(good), len(bad))
+    assert read_manifest(distributed)["engine"] == "ray"
+    errors = {e["id"]: e["error"] for e in map(json.loads, (distributed / "errors.jsonl").read_text().splitlines())}
+    assert errors == {
+        "bomb.png": "MediaTooLargeError",
+        "corrupt.png": "MediaDecodeError",
+        "truncated.mp4": "MediaDecodeError",
+        "escape.txt": "UnsafeMediaPathError",
+        "pipe.wav": "UnsafeMediaPathError",
+    }
+    _same_index(local, distributed)
+
+
+def test_ray_engine_resumes_an_interrupted_index_by_shard(cluster, model, model_dir, tmp_path):
+    """What a kill leaves (finished shards in the manifest, a shard file and error lines of an unfinished one, a
+    gap: ray finishes shards out of order) is resumed by the ray engine into the uninterrupted index."""
+    folder = _text_corpus(tmp_path, 14)  # 15 records (one broken) in 4 shards of 4
+    kwargs = {"shard_size": 4, "batch_size": 2, "show_progress_bar": False, "model_path": str(model_dir)}
+    reference = tmp_path / "reference"
+    build_corpus(model, folder, reference, **kwargs)
+    killed = tmp_path / "killed"
+    shutil.copytree(reference, killed)
+    manifest = read_manifest(killed)
+    manifest["shards"] = [s for s in manifest["shards"] if s["name"] in ("00001.parquet", "00003.parquet")]
+    manifest["finished"] = False
+    del manifest["counts"]
+    (killed / "manifest.json").write_text(json.dumps(manifest))
+    (killed / "shards" / "00002.parquet").unlink()  # shard 0 stays, written but not in the manifest: redone
+    assert json.loads((killed / "errors.jsonl").read_text())["shard"] == 0  # the broken file's line: dropped
+    summary = build_corpus(model, folder, killed, resume=True, engine="ray", **kwargs)
+    assert (summary.embedded, summary.failed) == (14, 1)
+    _same_index(reference, killed)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_ray_run_then_resume_holds_every_id_once(model, model_dir, tmp_path):
+    folder = _text_corpus(tmp_path, 40)
+    reference = tmp_path / "reference"
+    build_corpus(model, folder, reference, shard_size=2, batch_size=2, show_progress_bar=False)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(killed)]
+    cmd += ["--shard-size", "2", "--batch-size", "2", "--no-progress", "--engine", "ray"]
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        manifest = killed / "manifest.json"
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_manifest(killed)["shards"])
+    assert done_before < 21, "the run finished before it could be killed"
+    resumed = subprocess.run(cmd + ["--resume"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 1, resumed.stderr[-3000:]  # the broken file: exit 1, the rest embedded
+    rows, vectors = read_shards(killed)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 40
+    _same_index(reference, killed)
+    assert json.loads(resumed.stdout)["failed"] == 1
