@@ -273,6 +273,18 @@ def test_hub_sources_load_a_dataset_and_name_bad_rows(model, tmp_path, monkeypat
     assert np.abs(vectors[0] - model.encode_document(["a red square"])[0].numpy()).max() < 1e-5
     (error,) = map(json.loads, (tmp_path / "i" / "errors.jsonl").read_text().splitlines())
     assert error["id"] == "empty" and error["error"] == "BadRowError" and "row 3" in error["source"]
+    # the page finds the corpus from the manifest: texts shown, a decoded image has no file to serve
+    from e5omni.app.media import MediaStore, corpus_source
+    from e5omni.index import read_manifest
+
+    source, root = corpus_source(read_manifest(tmp_path / "i"))
+    assert source == f"hub:{name}:train" and root is None
+    store = MediaStore.from_index(rows, source, root)
+    assert [(e.id, e.text, e.files) for e in store.entries] == [
+        ("cap", "a red square", {}),
+        ("pic", None, {}),
+        ("both", "a blue picture", {}),
+    ]
     # a split expression, and the row number as the id of a dataset without an id column
     records = list(iter_source(f"hub:{name}:train[:2]"))
     assert [r.id for r in records] == ["cap", "pic"] and count_source(f"hub:{name}:train[:2]") == 2

@@ -91,7 +91,15 @@ class MediaStore:
 
         items: dict[str, Any] = {}
         roots: list[Path] = []
-        if source is not None:
+        if source is not None and str(source).startswith("hub:"):
+            # a datasets dataset: its text is shown; media only where a column held paths under the media root
+            # (decoded Image / Audio / Video features have no file to serve)
+            if media_root is not None:
+                roots.append(Path(media_root))
+            for record in iter_source(str(source), media_root):
+                if record.error is None:
+                    items[record.id] = record.item
+        elif source is not None:
             path = Path(source)
             roots.append(path if path.is_dir() else Path(media_root) if media_root is not None else path.parent)
             for record in iter_source(path, media_root):
