@@ -13,6 +13,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -461,13 +462,23 @@ def video_frame_indices(total_frames: int, count: int) -> list[int]:
     return torch.linspace(0, total_frames - 1, count).round().long().tolist()
 
 
-def load_video(value, index: int, config: E5OmniConfig, source: Path | bytes | None = None) -> np.ndarray:
+def load_video(
+    value,
+    index: int,
+    config: E5OmniConfig,
+    source: Path | bytes | None = None,
+    frame_size: FrameSize | None = None,
+) -> np.ndarray:
     """Video -> uint8 frames (T, H, W, 3), at most `max_frames`.
 
     Files: `video_frame_count` frames (the qwen-omni-utils rule at `fps`), uniformly spread over the whole clip,
     fetched by seeking so that memory stays bounded whatever the duration. Every decoded frame, not only the stream
-    header, is checked against `max_decode_pixels`. Arrays and tensors may also be channels-first (T, 3, H, W)
-    (torchvision, mteb); (T, 3, H, 3) is refused; they are taken as given (subsampled uniformly to `max_frames`)."""
+    header, is checked against `max_decode_pixels`. With `frame_size` (the processor's
+    `E5OmniProcessor.video_frame_size`), each frame is resized as soon as it is decoded to the size the backbone
+    processor would resize it to, with the same resize, so only one full-resolution frame is held at a time (a 4K
+    clip at the card's budgets: 32 x 24 MB otherwise) and the processor's own resize is then the identity.
+    Arrays and tensors may also be channels-first (T, 3, H, W) (torchvision, mteb); (T, 3, H, 3) is refused; they
+    are taken as given (subsampled uniformly to `max_frames`)."""
     if isinstance(value, _ARRAY):
         frames = video_frames_from_array(value, index)
         if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
@@ -483,7 +494,7 @@ def load_video(value, index: int, config: E5OmniConfig, source: Path | bytes | N
     if source is None:
         source = _local_path(value, index, "video", *_remote(config))
     try:
-        return _read_video_av(source, config, index)
+        return _read_video_av(source, config, index, frame_size)
     except E5OmniInputError:
         raise
     except Exception as err:
@@ -508,7 +519,9 @@ def _count_video_frames(source) -> int:
         return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
 
 
-def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np.ndarray:
+def _read_video_av(
+    source, config: E5OmniConfig, index: int | None = None, frame_size: FrameSize | None = None
+) -> np.ndarray:
     with _open_video(source) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -541,16 +554,21 @@ def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np
 
         frames: list[np.ndarray] = []
         size: tuple[int, int] | None = None
+        resized: tuple[int, int] | None = None  # (height, width) every frame is resized to as it is decoded
         decoder = container.decode(stream)
         held, held_pts, position = None, None, -1  # the last decoded frame, its pts, its decode-order number
 
         def take(frame):
-            nonlocal size
+            nonlocal size, resized
             if size is None:
                 size = (frame.width, frame.height)
+                if frame_size is not None:
+                    resized = frame_size(len(indices), frame.height, frame.width)
             if (frame.width, frame.height) != size:  # a mid-stream resolution change: keep one frame size
-                return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-            return frame.to_ndarray(format="rgb24")
+                array = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+            else:
+                array = frame.to_ndarray(format="rgb24")
+            return array if resized is None else resize_frame(array, resized)
 
         def next_frame():
             nonlocal held, held_pts, position
@@ -594,6 +612,23 @@ def _read_video_av(source, config: E5OmniConfig, index: int | None = None) -> np
         while len(frames) < len(indices):
             frames.append(frames[-1])
     return np.stack(frames)
+
+
+#: `frame_size(num_frames, height, width) -> (height, width)`: the size the backbone processor resizes the frames
+#: of a video of `num_frames` frames of `height` x `width` to (`E5OmniProcessor.video_frame_size`).
+FrameSize = Callable[[int, int, int], tuple[int, int]]
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One uint8 (H, W, 3) frame -> (size[0], size[1], 3), with the resize the Qwen video processors apply
+    (torchvision bicubic with antialias on the uint8 tensor, per image: the same values as resizing the stack)."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    from torchvision.transforms.v2 import functional as tvF
+
+    image = torch.from_numpy(frame).permute(2, 0, 1)
+    resized = tvF.resize(image, list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    return np.ascontiguousarray(resized.permute(1, 2, 0).numpy())
 
 
 def load_video_audio(value, index: int, config: E5OmniConfig, source: Path | bytes | None = None) -> np.ndarray | None:
@@ -656,8 +691,8 @@ def _decode_audio_stream(container, max_seconds: float) -> tuple[np.ndarray, int
     return np.ascontiguousarray(array, dtype=np.float32), rate, truncated
 
 
-def normalize_item(item, index: int, config: E5OmniConfig) -> OmniItem:
-    """Decode one (already checked) item into an `OmniItem`."""
+def normalize_item(item, index: int, config: E5OmniConfig, frame_size: FrameSize | None = None) -> OmniItem:
+    """Decode one (already checked) item into an `OmniItem` (`frame_size`: see `load_video`)."""
     if isinstance(item, str):
         return OmniItem(text=item)
     if isinstance(item, Image.Image | _ARRAY):  # a bare array is checked to be 3-D: an image
@@ -670,7 +705,7 @@ def normalize_item(item, index: int, config: E5OmniConfig) -> OmniItem:
     if item.get("video") is not None:
         video = item["video"]
         source = None if isinstance(video, _ARRAY) else _local_path(video, index, "video", *_remote(config))
-        out.video = load_video(video, index, config, source)  # one fetch or open for frames and track
+        out.video = load_video(video, index, config, source, frame_size)  # one fetch or open: frames and track
         if config.use_audio_in_video:
             out.video_audio = load_video_audio(video, index, config, source)
     return out

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import PILImageResampling
 
 from .configuration_e5omni import MODALITIES, E5OmniConfig
 from .inputs_e5omni import (
@@ -248,13 +250,38 @@ class E5OmniProcessor:
         cut = rendered.head_length
         return rendered.template[:cut] + self.tokenizer.decode(rendered.text_ids) + rendered.template[cut:]
 
+    # ----------------------------------------------------------------------------------------------- decode
+    def video_frame_size(self, num_frames: int, height: int, width: int) -> tuple[int, int] | None:
+        """(height, width) the backbone's video processor resizes the frames of a `num_frames`-frame video of
+        `height` x `width` to, under this model's budgets: its own rule (`smart_resize` to multiples of patch x
+        merge size between video_min_pixels and video_max_pixels, the per-frame cap an even share of
+        `max_video_tokens`, as `cap_pixels_per_frame=True` asks). None for a video processor of another kind or
+        resample (frames are then handed over at decoded size)."""
+        video_processor = getattr(self.backbone_processor, "video_processor", None)
+        module = sys.modules.get(type(video_processor).__module__)
+        smart_resize = getattr(module, "smart_resize", None)
+        if smart_resize is None or int(getattr(video_processor, "resample", -1)) != int(PILImageResampling.BICUBIC):
+            return None
+        factor = video_processor.patch_size * video_processor.merge_size
+        min_pixels, max_pixels = self.config.video_min_pixels, self.config.video_max_pixels
+        total = int(video_processor.max_video_tokens * factor * factor * 0.9)
+        max_pixels = max(
+            min(max_pixels, total * video_processor.temporal_patch_size // num_frames), int(min_pixels * 1.05)
+        )
+        return tuple(smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels))
+
+    def decode(self, item: Any, index: int) -> OmniItem:
+        """One checked item -> `OmniItem` under this model's budgets (`normalize_item`), video frames resized as they
+        are decoded (`video_frame_size`): what every path of this package decodes items with."""
+        return normalize_item(item, index, self.config, frame_size=self.video_frame_size)
+
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, items, role: str = "document", return_tensors: str = "pt") -> BatchFeature:
         """Process a batch of items for `role` ("query" or "document")."""
         if role not in ("query", "document"):
             raise ValueError(f"role must be 'query' or 'document', got {role!r}")
         items = check_items(items, self.config.modalities)
-        decoded = [normalize_item(item, i, self.config) for i, item in enumerate(items)]
+        decoded = [self.decode(item, i) for i, item in enumerate(items)]
         return self.process_decoded(decoded, role, return_tensors=return_tensors)
 
     def process_decoded(
@@ -398,11 +425,10 @@ class BatchPreparer(torch.utils.data.Dataset):
 
     def __getitem__(self, b: int) -> dict:
         index = self.batches[b]
-        config = self.processor.config
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                decoded = [normalize_item(self.items[i], i, config) for i in index]
+                decoded = [self.processor.decode(self.items[i], i) for i in index]
                 features = dict(self.processor.process_decoded(decoded, self.role, indices=index))
                 out: dict[str, Any] = {"features": features}
             except E5OmniInputError as err:

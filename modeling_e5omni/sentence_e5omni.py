@@ -37,7 +37,7 @@ from sentence_transformers.sentence_transformer.model_card import SentenceTransf
 
 from .configuration_e5omni import MODALITIES
 from .modeling_e5omni import E5OmniModel
-from .processing_e5omni import E5OmniInputError, E5OmniProcessor, check_items, normalize_item
+from .processing_e5omni import E5OmniInputError, E5OmniProcessor, check_items
 
 ST_CONFIG = "config_sentence_transformers.json"
 #: Per-token keys that are reordered together with the hidden states (real tokens first).
@@ -237,7 +237,7 @@ class E5OmniSTModule(InputModule):
             where = [
                 f"item {i} [{batch_label(raw[i] if raw is not None else item, i)}]" for i, item in enumerate(items)
             ]
-            decoded = [normalize_item(item, i, config) for i, item in enumerate(items)]
+            decoded = [self.processor.decode(item, i) for i, item in enumerate(items)]
             return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt, where=where))
         except E5OmniInputError as err:
             if err.index is None:

@@ -259,6 +259,41 @@ def test_frames_over_the_per_frame_budget_resize_like_the_card(released, tmp_pat
     assert diff < 1e-5
 
 
+@pytest.mark.parametrize("backbone", ["qwen2.5-omni", "qwen2-vl"])
+def test_frames_are_resized_as_they_are_decoded(tmp_path, backbone):
+    """Each frame is resized to the size the backbone processor would give it as soon as it is decoded, so one
+    full-resolution frame is held at a time (a 4K clip at the card's budgets: decode peak RSS 1578 -> 288 MB,
+    measured): the processor's tensors and the embeddings are exactly those of handing it the full frames."""
+    import tracemalloc
+
+    from modeling_e5omni.media_e5omni import normalize_item
+
+    model = tiny(backbone)
+    proc = model.processor
+    path = tmp_path / "big.mp4"
+    size = 512
+    write_clip(path, seconds=2.0, size=size, audio=None)
+    tracemalloc.start()
+    full = normalize_item({"video": str(path)}, 0, proc.config)  # no frame_size: frames at decoded size
+    full_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    small = proc.decode({"video": str(path)}, 0)
+    small_peak = tracemalloc.get_traced_memory()[1] - tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    frames = full.video.shape[0]
+    height, width = proc.video_frame_size(frames, size, size)
+    assert full.video.shape == (frames, size, size, 3) and small.video.shape == (frames, height, width, 3)
+    assert height * width < size * size // 4  # the budget really shrinks these frames
+    one_frame = size * size * 3
+    assert full_peak >= frames * one_frame and small_peak < 3 * one_frame, (full_peak, small_peak)
+    a, b = dict(proc.process_decoded([full], "document")), dict(proc.process_decoded([small], "document"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.inference_mode():
+        assert torch.equal(model(**a).embeddings, model(**b).embeddings)
+    # every path of the package decodes with the frame size: encode's vectors are these
+    assert torch.equal(model.encode_document([{"video": str(path)}]), model(**b).embeddings)
+
+
 def test_hostile_video_containers_are_named(model, tmp_path):
     """An audio-only file given as a video, and cut / garbage-tailed Matroska files with sound: a typed error that
     names the item, or an embedding; never an untyped exception or a hang."""

@@ -58,7 +58,7 @@ def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, np.n
     What `encode_document` does for a batch, with the local engine's fallback: an item that fails to decode is
     taken out, and so is an item the processor refuses (by the index it names; one by one when it names none)."""
     from modeling_e5omni.inputs_e5omni import E5OmniInputError
-    from modeling_e5omni.processing_e5omni import check_items, normalize_item
+    from modeling_e5omni.processing_e5omni import check_items
 
     config = processor.config
     decoded: dict[int, Any] = {}
@@ -66,7 +66,7 @@ def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, np.n
     for position, item in enumerate(items):
         try:
             check_items([item], config.modalities)
-            decoded[position] = normalize_item(item, position, config)
+            decoded[position] = processor.decode(item, position)
         except E5OmniInputError as err:
             failures[position] = (type(err).__name__, err.reason)
     pending = sorted(decoded)
