@@ -7,7 +7,7 @@
     e5omni encode MODEL [--text STR | --image PATH | --audio PATH | --video PATH | --item JSON | --items FILE.jsonl]... [--query] [--batch-size N] [--output FILE.npy]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
     e5omni demo [--output-dir DIR]
-    e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|hnsw|ivfpq]
+    e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|ivf|ivfpq|hnsw]
     e5omni search DIR [--text STR] [--image PATH] [--audio PATH] [--video PATH] [--instruction STR] [-k N] [--json]
     e5omni app DIR [--model M] [--source FOLDER|TABLE] [--media-root DIR] [--host 127.0.0.1] [--port 7860]
 

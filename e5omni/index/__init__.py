@@ -4,7 +4,7 @@
   with its reason)
 - `build.py`: `build_corpus`: sharded Parquet + manifest + errors.jsonl, resumable; the local engine and the writer
 - `ray_engine.py`: the Ray Data engine (`engine="ray"`): decode in CPU tasks, embed in an actor pool (imports Ray)
-- `search.py`: `CorpusIndex` over faiss (flat / hnsw / ivfpq): build, load, search, add
+- `search.py`: `CorpusIndex` over faiss (flat / ivf / ivfpq / hnsw): build, load, search, add
 """
 
 from e5omni.index.build import ENGINES, BuildSummary, IndexBuildError, build_corpus, read_manifest

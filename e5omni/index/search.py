@@ -1,14 +1,21 @@
 """`CorpusIndex`: a faiss index over an `e5omni index` folder; build, load, search, add.
 
-Kinds (`--index`):
+Kinds (`--index`), with what benchmarks/search_ann.py measured on 200k clustered vectors of D = 3584 (the 7B's
+dimension; docs/benchmarks.md):
 
     flat    exact inner product (`IndexFlatIP`); on unit vectors that is cosine. The default, and right up to a few
-            hundred thousand vectors on CPU.
-    hnsw    `IndexHNSWFlat` (inner product), M = 32, efConstruction = 200, efSearch = 128: approximate, fast queries,
-            about (4 + 2 * M * 4 / D) times the flat index's memory.
-    ivfpq   `IndexIVFPQ` (inner product): nlist = 4 * sqrt(N) lists (at most N / 39, faiss' training minimum),
-            m sub-quantisers of 8 bits (the largest of 64, 32, 16, 8, 4, 2 that divides D), nprobe = 32 at search:
-            compressed (m bytes a vector), for millions of vectors.
+            hundred thousand vectors on CPU (BLAS answers a batch of queries at once).
+    ivf     `IndexIVFFlat` (inner product): nlist = 4 * sqrt(N) lists (at most N / 39, faiss' training minimum),
+            nprobe = 16 at search; full vectors, so the flat index's memory; queries scan ~16 / nlist of the corpus.
+            The large-corpus choice when the vectors fit in memory.
+    ivfpq   `IndexIVFPQ` (inner product), the same lists, m = D / 8 sub-quantisers of 8 bits (m bytes a vector:
+            32 x smaller than flat at any D), nprobe = 32: for corpora whose full vectors do not fit in memory;
+            lossy (recall reported in docs/benchmarks.md).
+    hnsw    `IndexHNSWFlat` (inner product), M = 32, efConstruction = 200, efSearch = 128: a graph; builds slowly
+            at large D on few cores (about 2 minutes for 20k x 3584 on 2 cores) and is not faster than flat below
+            ~100k vectors at this D. About (1 + 2 * M * 4 / (4 * D)) times the flat index's memory.
+
+The IVF kinds are trained on a seeded sample of at most 64 x nlist vectors (all of them when fewer).
 
 A search embeds the query with the model's query prompt and the index's truncation, after checking that the model is
 the one the index was built with (its fingerprint); a different model or dimension fails with a message that says so.
@@ -31,7 +38,9 @@ from e5omni.index.build import MANIFEST, SHARDS, IndexBuildError, modality_names
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.json"
-KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+#: Vectors the IVF kinds are trained on: at most this many per list (a seeded sample).
+TRAIN_PER_LIST = 64
 
 
 class IndexMismatchError(IndexBuildError):
@@ -80,8 +89,17 @@ def read_shards(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], np.nda
     return rows, vectors
 
 
+def _nlist(n: int) -> int:
+    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """m for `ivfpq`: D / 8 (8 dimensions a sub-quantiser), or the nearest divisor of D below it."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+
+
 def make_index(kind: str, dim: int, n: int):
-    """An empty (trained where needed on the first `add`) faiss index of `kind` for `n` vectors of `dim`."""
+    """An empty faiss index of `kind` for `n` vectors of `dim` (the IVF kinds still to be trained: `train_index`)."""
     faiss = _faiss()
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
@@ -90,13 +108,32 @@ def make_index(kind: str, dim: int, n: int):
         index.hnsw.efConstruction = 200
         index.hnsw.efSearch = 128
         return index
+    if kind == "ivf":
+        nlist = _nlist(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(16, nlist)
+        return index
     if kind == "ivfpq":
-        nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
-        m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+        nlist = _nlist(n)
+        m = pq_subquantizers(dim)
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(32, nlist)
         return index
     raise ValueError(f"unknown index kind {kind!r}; expected one of {KINDS}")
+
+
+def train_index(index, vectors: np.ndarray, kind: str) -> None:
+    """Train an IVF index on a seeded sample of `vectors` (at most TRAIN_PER_LIST per list); others need none."""
+    if index.is_trained:
+        return
+    least = 256 if kind == "ivfpq" else 39  # 2**8 codes a sub-quantiser; faiss' minimum per list
+    if len(vectors) < least:
+        raise ValueError(f"{kind} needs at least {least} vectors to train, the corpus has {len(vectors)}: use flat")
+    limit = TRAIN_PER_LIST * index.nlist
+    if len(vectors) > limit:
+        pick = np.sort(np.random.default_rng(0).choice(len(vectors), limit, replace=False))
+        vectors = vectors[pick]
+    index.train(np.ascontiguousarray(vectors))
 
 
 class CorpusIndex:
@@ -112,10 +149,7 @@ class CorpusIndex:
         manifest = read_manifest(folder)
         rows, vectors = read_shards(folder)
         index = make_index(kind, vectors.shape[1], len(vectors))
-        if kind == "ivfpq":
-            if len(vectors) < 39:
-                raise ValueError(f"ivfpq needs at least 39 vectors to train, the corpus has {len(vectors)}: use flat")
-            index.train(vectors)
+        train_index(index, vectors, kind)
         if len(vectors):
             index.add(vectors)
         out = cls(folder, manifest, rows, index, kind)
