@@ -29,8 +29,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Any
 
+import sentence_transformers
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
@@ -122,6 +124,61 @@ def message_to_item(message: Any, index: int, modalities=MODALITIES) -> dict[str
             raise E5OmniMessageError(f"this checkpoint takes {list(modalities)}, but the message has {kind}", index)
         item[kind] = _part_value(part, kind, index)
     return item
+
+
+_ST_DIR = os.path.dirname(os.path.abspath(sentence_transformers.__file__)) + os.sep
+_ENCODE_NAMES = ("encode", "encode_query", "encode_document")
+
+
+def _in_st(frame) -> bool:
+    return os.path.abspath(frame.f_code.co_filename).startswith(_ST_DIR)
+
+
+#: Decorator frames between sentence-transformers' methods (torch.inference_mode's, its deprecated-kwargs wrapper).
+_WRAPPERS = ("decorate_context", "wrapper")
+
+
+def _skip_wrappers(frame):
+    while frame is not None and frame.f_code.co_name in _WRAPPERS:
+        frame = frame.f_back
+    return frame
+
+
+def caller_positions(batch: list) -> list[int] | None:
+    """Where each input of this sentence-transformers batch sits in the list the caller gave `encode`, or None.
+
+    sentence-transformers (6.x) hands a module only the batch: `_inference` sorts the caller's inputs by length
+    (`length_sorted_idx`) and slices batches from `start_index`. When the call came straight from outside
+    sentence-transformers through `encode` / `encode_query` / `encode_document` (not a multi-process pool's or
+    distributed worker's chunk, whose positions are the chunk's), those two locals give each input's position, and
+    every position is verified by identity (`inputs[position] is batch[i]`); anything else gives None and the
+    messages fall back to batch positions (`batch_label`)."""
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "_inference" and _in_st(frame) and "length_sorted_idx" in frame.f_locals:
+            break
+        frame = frame.f_back
+    else:
+        return None
+    local = frame.f_locals
+    order, start, inputs = local.get("length_sorted_idx"), local.get("start_index"), local.get("inputs")
+    caller = _skip_wrappers(frame.f_back)
+    if caller is None or caller.f_code.co_name != "encode" or not _in_st(caller):
+        return None  # _inference reached another way (distributed inference): its inputs are a shard
+    while caller is not None and caller.f_code.co_name in _ENCODE_NAMES and _in_st(caller):
+        caller = _skip_wrappers(caller.f_back)
+    if caller is None or _in_st(caller):
+        return None  # encode called by sentence-transformers itself (a pool worker's chunk)
+    if order is None or not isinstance(start, int) or not isinstance(inputs, list | tuple):
+        return None
+    if start < 0 or start + len(batch) > len(order):
+        return None
+    positions = [int(order[start + i]) for i in range(len(batch))]
+    if any(not 0 <= p < len(inputs) or inputs[p] is not value for p, value in zip(positions, batch, strict=True)):
+        return None
+    return positions
 
 
 def batch_label(value: Any, position: int) -> str:
@@ -224,23 +281,36 @@ class E5OmniSTModule(InputModule):
         """One sentence-transformers batch -> features.
 
         sentence-transformers sorts the inputs by length before it calls this and passes no original positions
-        (6.2), so a position here is one in this batch, not in the caller's list: errors and warnings say so and name
-        the input's kind ("item 3: ... [item 3 is position 3 in this sentence-transformers batch, a text+image
-        input; ...]"); `E5OmniInputError.index` is
-        then None and `batch_position` holds the batch position. `E5OmniModel.encode` names list positions."""
+        (6.2). When `SentenceTransformer.encode` (or encode_query / encode_document) was called from user code, the
+        caller's positions are recovered from its frame (`caller_positions`, verified by identity): errors and
+        warnings then name the position in the caller's list, and `E5OmniInputError.index` is it, as for
+        `E5OmniModel.encode`. Otherwise (a multi-process pool's chunk, a direct call) a position is one in this batch:
+        messages say so and name the input's kind ("item 3: ... [item 3 is position 3 in this sentence-transformers
+        batch, a text+image input; ...]"), `index` is None and `batch_position` holds the batch position."""
         config = self.auto_model.config
         raw = list(inputs) if isinstance(inputs, list | tuple) else None
+        positions = caller_positions(raw) if raw is not None else None
         try:
             if raw is not None:
                 inputs = [message_to_item(x, i, config.modalities) if is_message(x) else x for i, x in enumerate(raw)]
             items = check_items(inputs, config.modalities)
-            where = [
-                f"item {i} [{batch_label(raw[i] if raw is not None else item, i)}]" for i, item in enumerate(items)
-            ]
+            if positions is not None:
+                where = [f"item {p}" for p in positions]
+            else:
+                where = [
+                    f"item {i} [{batch_label(raw[i] if raw is not None else item, i)}]" for i, item in enumerate(items)
+                ]
             decoded = [self.processor.decode(item, i) for i, item in enumerate(items)]
             return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt, where=where))
         except E5OmniInputError as err:
             if err.index is None:
+                raise
+            if positions is not None and 0 <= err.index < len(positions):
+                position, err.index = err.index, positions[err.index]
+                message = str(err.args[0]) if err.args else ""
+                prefix = f"item {position}: "
+                if message.startswith(prefix):
+                    err.args = (f"item {err.index}: {message[len(prefix) :]}",)
                 raise
             position, err.index = err.index, None
             label = batch_label(raw[position] if raw is not None and position < len(raw) else None, position)

@@ -105,6 +105,10 @@ def test_sentence_transformers_multi_process_pool(tmp_path):
     pool = st.start_multi_process_pool(["cpu", "cpu"])
     try:
         parallel = st.encode_document(items, pool=pool, convert_to_tensor=True, chunk_size=2)
+        # a pool worker sees a chunk: its module cannot know the caller's positions and says the batch's
+        bad = [*items[:3], {"image": str(tmp_path / "missing.png")}]
+        with pytest.raises(Exception, match=r"is position \d in this sentence-transformers batch"):
+            st.encode_document(bad, pool=pool, chunk_size=2)
     finally:
         st.stop_multi_process_pool(pool)
     # other batch compositions (chunks of 2): padding differs, measured 1.0e-7

@@ -66,40 +66,47 @@ def st_model(omni_model):
     return sentence_transformer(omni_model)
 
 
-def test_sentence_transformers_decode_error_names_batch_position_and_kind(st_model, tmp_path):
+def test_sentence_transformers_errors_name_the_callers_index(st_model, tmp_path):
+    """sentence-transformers sorts by length and hands the module a batch; the module recovers each input's position
+    in the caller's list from `encode`'s frame (checked by identity), so messages and `index` name the caller's item."""
     items = ["a long text item, longer than the others", "x", {"text": "a", "image": str(tmp_path / "none.png")}]
-    with pytest.raises(MediaDecodeError) as err:
+    with pytest.raises(MediaDecodeError, match=r"^item 2: image file not found") as err:
         st_model.encode(items, batch_size=8)
-    message = str(err.value)
-    # the batch sentence-transformers built: sorted by its own length measure, so the position is the batch's
-    assert re.match(
-        r"item (\d): image file not found.*\[item \1 is position \1 in this sentence-transformers batch, "
-        r"a text\+image input; .* not the position in your list\]$",
-        message,
-    ), message
-    assert err.value.index is None and isinstance(err.value.batch_position, int)
+    assert err.value.index == 2 and "sentence-transformers batch" not in str(err.value)
+    with pytest.raises(MediaDecodeError, match=r"^item 0: image file not found") as err:
+        st_model.encode_document([{"image": str(tmp_path / "none.png")}, "a much longer text than the image's"])
+    assert err.value.index == 0
+    # one item a batch: the bad one is in the last batch, still named by its list position
+    with pytest.raises(E5OmniInputError, match=r"^item 1: unknown keys") as err:
+        st_model.encode_query(["y", {"text": "a long text with an unknown key", "pictures": 1}, "z"], batch_size=1)
+    assert err.value.index == 1
 
 
-def test_sentence_transformers_truncation_warning_says_batch_position(st_model):
+def test_sentence_transformers_truncation_warning_names_the_callers_index(st_model):
     model = st_model[0].auto_model
     before = model.config.max_length
     model.config.max_length = 8
     try:
-        with pytest.warns(
-            UserWarning,
-            match=r"item (\d) \[item \1 is position \1 in this sentence-transformers batch, a text input; .*\]: text of",
-        ):
-            st_model.encode(["word " * 30, "x"])
+        with pytest.warns(UserWarning, match=r"^item 1: text of"):
+            st_model.encode(["x", "word " * 30])  # sorted first by sentence-transformers, position 1 in the list
     finally:
         model.config.max_length = before
 
 
-def test_sentence_transformers_structural_error_is_relabelled(st_model):
-    with pytest.raises(
-        E5OmniInputError,
-        match=r"^item (\d): unknown keys .*\[item \1 is position \1 in this sentence-transformers batch, a text input",
-    ):
-        st_model.encode([{"text": "x", "pictures": 1}, "y"])
+def test_sentence_transformers_module_called_directly_names_batch_positions(st_model, tmp_path):
+    """Outside `SentenceTransformer.encode` (a pool worker's chunk, a direct call) no caller list is known: the
+    message says the position is the batch's and names the input's kind."""
+    module = st_model[0]
+    with pytest.raises(MediaDecodeError) as err:
+        module.preprocess(["x", {"text": "a", "image": str(tmp_path / "none.png")}])
+    assert re.match(
+        r"item 1: image file not found.*\[item 1 is position 1 in this sentence-transformers batch, "
+        r"a text\+image input; .* not the position in your list\]$",
+        str(err.value),
+    ), str(err.value)
+    assert err.value.index is None and err.value.batch_position == 1
+    with pytest.raises(E5OmniInputError, match=r"^item 0: unknown keys .*\[item 0 is position 0 in this"):
+        module.preprocess([{"text": "x", "pictures": 1}, "y"])
 
 
 # ------------------------------------------------------------------------------------- structural checks
