@@ -172,7 +172,16 @@ def main(argv: list[str] | None = None) -> dict:
         speed = f"{row['speedup']:.1f}" if "speedup" in row else "1.0"
         build = f"{row['build_s']:.0f}" if row.get("build_s") is not None else ""
         print(f"{name:<32}{row['recall@10']:>10.3f}{row['qps']:>10.1f}{speed:>8}{row['memory_mb']:>11.0f}{build:>9}")
-    figures = {"n": args.n, "dim": args.dim, "queries": args.queries, "threads": args.threads, "indexes": rows}
+    figures = {"n": args.n, "dim": args.dim, "queries": args.queries, "threads": args.threads}
+    # headline figures (the presets `e5omni index --index KIND` builds): recall@10 against exact search, how many
+    # times faster than exact its queries are, and its memory as a fraction of the flat index's
+    for name, row in rows.items():
+        kind = name.split(" (")[0]
+        if kind in ("ivf", "ivfpq") and " (nlist" in name:
+            figures[f"{kind}_recall@10"] = round(row["recall@10"], 4)
+            figures[f"{kind}_speedup"] = round(row["speedup"], 2)
+            figures[f"{kind}_memory_vs_flat"] = round(row["memory_mb"] / rows["flat"]["memory_mb"], 4)
+    figures["indexes"] = rows
     print(json.dumps(figures))
     return figures
 

@@ -96,6 +96,25 @@ def test_an_existing_index_is_not_overwritten_without_resume(model, tmp_path):
         build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
 
 
+def test_worker_processes_give_the_same_index(model, tmp_path):
+    """`num_workers=2`: decoding in two DataLoader worker processes, overlapped with the forward; the same rows,
+    vectors and errors file as the in-process run (the bad files still recorded, none lost)."""
+    folder, good, bad = _salted_folder(tmp_path)
+    kwargs = {"shard_size": 5, "batch_size": 2, "show_progress_bar": False}
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    build_corpus(model, folder, serial, **kwargs)
+    summary = build_corpus(model, folder, parallel, num_workers=2, **kwargs)
+    assert (summary.embedded, summary.failed) == (len(good), len(bad))
+    rows_a, vectors_a = read_shards(serial)
+    rows_b, vectors_b = read_shards(parallel)
+    assert rows_a == rows_b and np.array_equal(vectors_a, vectors_b)
+    assert (serial / "errors.jsonl").read_text() == (parallel / "errors.jsonl").read_text()
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        build_corpus(model, folder, tmp_path / "x", num_workers=-1, show_progress_bar=False)
+    with pytest.raises(ValueError, match="num_workers is for the local engine"):
+        build_corpus(model, folder, tmp_path / "y", engine="ray", model_path="m", num_workers=2)
+
+
 def _text_corpus(root: Path, n: int) -> Path:
     folder = root / "texts"
     folder.mkdir()
@@ -232,6 +251,11 @@ def test_ivf_kind_builds_saves_and_loads(model, tmp_path):
     assert loaded.index.nlist == 1  # 45 vectors: one list (faiss wants 39 a list), so the search is exact
     found = [(r.id, r.score) for r in loaded.search(model, "a red shape", k=5)]
     assert [i for i, _ in found] == [i for i, _ in exact] and np.allclose([s for _, s in found], [s for _, s in exact])
+    assert [r.id for r in loaded.search(model, "a red shape", k=5, nprobe=1)] == [i for i, _ in exact]
+    with pytest.raises(ValueError, match=r"nprobe must be an integer in \[1, 1\]"):
+        loaded.search(model, "a red shape", nprobe=2)
+    with pytest.raises(ValueError, match="nprobe is for the ivf and ivfpq kinds; this index is flat"):
+        CorpusIndex.build(out, kind="flat").search(model, "a red shape", nprobe=1)
     with pytest.raises(ValueError, match="ivfpq needs at least 256 vectors to train, the corpus has 45: use flat"):
         CorpusIndex.build(out, kind="ivfpq")
 

@@ -21,6 +21,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.engine != "ray" and (args.ray_address is not None or args.ray_actors is not None):
         print("e5omni index: --ray-address / --ray-actors need --engine ray", file=sys.stderr)
         return 2
+    if args.engine == "ray" and args.num_workers:
+        print("e5omni index: --num-workers is for the local engine (ray decodes in its own tasks)", file=sys.stderr)
+        return 2
     try:
         model = load_inference_model(args.model)
         summary = build_corpus(
@@ -38,6 +41,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             engine=args.engine,
             ray_address=args.ray_address,
             num_actors=args.ray_actors,
+            num_workers=args.num_workers,
         )
         if not summary.stopped_early:
             CorpusIndex.build(args.out, kind=args.index)
@@ -77,7 +81,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not name:
             raise ValueError("the manifest names no model path: pass --model")
         results = index.search(
-            load_inference_model(name), _query(args), k=args.k, instruction=args.instruction, calibrated=args.calibrated
+            load_inference_model(name),
+            _query(args),
+            k=args.k,
+            instruction=args.instruction,
+            calibrated=args.calibrated,
+            nprobe=args.nprobe,
         )
     except (IndexBuildError, FileNotFoundError, ValueError, E5OmniInputError) as err:  # a bad query item too
         print(f"e5omni search: {err}", file=sys.stderr)
@@ -114,6 +123,12 @@ def add_index_parsers(subparsers: Any) -> None:
         default="local",
         help="local: this process; ray: Ray Data (decode in CPU tasks, embed in an actor pool; the [index] extra)",
     )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="local engine: decode media and run the processor in N worker processes, overlapped with the forward",
+    )
     p.add_argument("--ray-address", default=None, help="the Ray cluster to join (default: start a local one)")
     p.add_argument(
         "--ray-actors", type=positive_int, default=None, help="embedding actors (default: one per GPU, or one)"
@@ -123,6 +138,12 @@ def add_index_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("search", help="search an index folder; the options combine into one mixed query")
     p.add_argument("dir", help="an index folder written by e5omni index")
     p.add_argument("--model", default=None, help="the model (default: the one named in the manifest)")
+    p.add_argument(
+        "--nprobe",
+        type=positive_int,
+        default=None,
+        help="ivf / ivfpq indexes: lists to scan (default: the kind's preset; more is slower and finds more)",
+    )
     p.add_argument("--text")
     p.add_argument("--image")
     p.add_argument("--audio")

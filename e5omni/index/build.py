@@ -13,7 +13,8 @@ a killed run resumed with `resume=True` skips the finished shards, drops the err
 redoes it, so every id ends up exactly once (in a shard or in errors.jsonl) with the same vector as an uninterrupted
 run. A bad item never stops the run; `max_errors` stops it early (with what was finished kept).
 
-Engines: `local` embeds the shards one after the other in this process; `ray` (`e5omni.index.ray_engine`) runs the
+Engines: `local` embeds the shards one after the other in this process (decoding in `num_workers` worker processes
+when asked); `ray` (`e5omni.index.ray_engine`) runs the
 same batches on Ray Data (decoding in CPU tasks, embedding in an actor pool) and finishes shards in any order, so
 the finished shards are a set (listed in shard order) and errors.jsonl is put back in shard order at the end. Both
 feed the same writer: the shard files, the manifest and errors.jsonl are the same whichever engine wrote them.
@@ -113,41 +114,6 @@ def _error_line(record: Record, error_type: str, message: str, shard: int) -> di
     return {"id": record.id, "source": record.source, "error": error_type, "message": message, "shard": shard}
 
 
-def _embed_chunk(model, records: list[Record], batch_size: int, truncate_dim: int | None):
-    """Embed the records' items; an item that fails is taken out and recorded, and the rest are embedded."""
-    from modeling_e5omni.inputs_e5omni import E5OmniInputError
-
-    good = [r for r in records if r.error is None]
-    failures: dict[int, tuple[str, str]] = {}
-    vectors: dict[int, np.ndarray] = {}
-    for start in range(0, len(good), batch_size):
-        pending = list(range(start, min(start + batch_size, len(good))))
-        while pending:
-            items = [good[i].item for i in pending]
-            try:
-                out = model.encode_document(
-                    items, batch_size=len(items), show_progress_bar=False, truncate_dim=truncate_dim
-                )
-            except E5OmniInputError as err:
-                culprit = err.index if err.index is not None and 0 <= err.index < len(pending) else None
-                if culprit is None:  # no usable index: find the bad items one by one
-                    for i in pending:
-                        try:
-                            vectors[i] = model.encode_document(
-                                [good[i].item], show_progress_bar=False, truncate_dim=truncate_dim
-                            )[0].numpy()
-                        except E5OmniInputError as one:
-                            failures[i] = (type(one).__name__, one.reason)
-                    break
-                failures[pending[culprit]] = (type(err).__name__, err.reason)
-                pending.pop(culprit)
-                continue
-            for i, vector in zip(pending, out.numpy(), strict=True):
-                vectors[i] = vector
-            break
-    return good, vectors, failures
-
-
 def modality_names(item: Any) -> list[str]:
     """["text", "image"] for a text+image item (the data layer's check, so the same rules as encode)."""
     from e5omni.data.items import item_modalities
@@ -208,10 +174,20 @@ def _shard_entries(number: int, chunk: list[Record], good: list[Record], vectors
     return rows, errors
 
 
-def _local_engine(model, chunks: Iterator[tuple[int, list[Record]]], batch_size: int, truncate_dim: int | None):
-    """(number, chunk, good, vectors, failures) per shard, embedded in this process, in shard order."""
-    for number, chunk in chunks:
-        yield (number, chunk, *_embed_chunk(model, chunk, batch_size, truncate_dim))
+def _local_engine(
+    model, chunks: Iterator[tuple[int, list[Record]]], batch_size: int, truncate_dim: int | None, num_workers: int
+):
+    """(number, chunk, good, vectors, failures) per shard, embedded in this process (decoded in `num_workers`
+    worker processes when > 0), in shard order."""
+    from e5omni.index.batches import embed_chunk
+
+    was_training = model.training
+    model.eval()
+    try:
+        for number, chunk in chunks:
+            yield (number, chunk, *embed_chunk(model, chunk, batch_size, truncate_dim, num_workers))
+    finally:
+        model.train(was_training)
 
 
 def _shard_number(entry: dict[str, Any]) -> int:
@@ -234,6 +210,7 @@ def build_corpus(
     engine: str = "local",
     ray_address: str | None = None,
     num_actors: int | None = None,
+    num_workers: int = 0,
 ) -> BuildSummary:
     """Embed every record of `source` into `out_dir` (see the module docstring); returns the summary.
 
@@ -241,6 +218,8 @@ def build_corpus(
     required: its actors load the model from there), on the cluster at `ray_address` or a local one, with
     `num_actors` embedding actors (default: one per GPU of the cluster, or one). The shards, their vectors and
     errors.jsonl are the same as the local engine's, and a run of one engine can be resumed by the other.
+    `num_workers` > 0 (local engine) decodes media and runs the processor in that many worker processes, overlapped
+    with the forward (`e5omni.index.batches.embed_chunk`); the vectors are the same.
     """
     from tqdm.auto import tqdm
 
@@ -254,6 +233,10 @@ def build_corpus(
         raise ValueError("engine='ray' needs model_path: its actors load the model from that folder or Hub id")
     if num_actors is not None and num_actors < 1:
         raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    if engine == "ray" and num_workers:
+        raise ValueError("num_workers is for the local engine: the ray engine decodes in Ray tasks (one per CPU)")
     out = Path(out_dir)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     wanted = {
@@ -323,7 +306,7 @@ def build_corpus(
             num_actors=num_actors,
         )
     else:
-        results = _local_engine(model, todo(), batch_size, truncate_dim)
+        results = _local_engine(model, todo(), batch_size, truncate_dim, num_workers)
     with bar:
         try:
             for number, chunk, good, vectors, failures in results:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from e5omni.index.batches import decode_and_process, embed_features
 from e5omni.index.build import IndexBuildError
 from e5omni.index.sources import Record
 
@@ -52,53 +53,11 @@ def _processor(model_path: str):
     return _PROCESSORS[model_path]
 
 
-def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, np.ndarray] | None, list[int], dict]:
-    """(features as numpy arrays, positions kept, {position: (error type, reason)}) for one model batch.
-
-    What `encode_document` does for a batch, with the local engine's fallback: an item that fails to decode is
-    taken out, and so is an item the processor refuses (by the index it names; one by one when it names none)."""
-    from modeling_e5omni.inputs_e5omni import E5OmniInputError
-    from modeling_e5omni.processing_e5omni import check_items
-
-    config = processor.config
-    decoded: dict[int, Any] = {}
-    failures: dict[int, tuple[str, str]] = {}
-    for position, item in enumerate(items):
-        try:
-            check_items([item], config.modalities)
-            decoded[position] = processor.decode(item, position)
-        except E5OmniInputError as err:
-            failures[position] = (type(err).__name__, err.reason)
-    pending = sorted(decoded)
-    while pending:
-        try:
-            batch = processor.process_decoded([decoded[p] for p in pending], "document", indices=pending)
-        except E5OmniInputError as err:
-            if err.index in pending:
-                failures[err.index] = (type(err).__name__, err.reason)
-                pending.remove(err.index)
-                continue
-            for p in list(pending):  # no usable index: find the bad items one by one
-                try:
-                    processor.process_decoded([decoded[p]], "document", indices=[p])
-                except E5OmniInputError as one:
-                    failures[p] = (type(one).__name__, one.reason)
-                    pending.remove(p)
-            continue
-        features = {}
-        for key, value in batch.items():
-            if not hasattr(value, "numpy"):
-                raise TypeError(f"processor output {key!r} is a {type(value).__name__}, not a tensor")
-            features[key] = value.detach().cpu().numpy()
-        return features, pending, failures
-    return None, [], failures
-
-
-def _pack(features: dict[str, np.ndarray] | None) -> bytes:
+def _pack(features: dict[str, Any] | None) -> bytes:
     if features is None:
         return b""
     buffer = io.BytesIO()
-    np.savez(buffer, **features)
+    np.savez(buffer, **{key: value.numpy() for key, value in features.items()})
     return buffer.getvalue()
 
 
@@ -132,17 +91,9 @@ class Embedder:
         self.truncate_dim = truncate_dim
 
     def embed(self, blob: bytes) -> np.ndarray:
-        import torch
-
-        from modeling_e5omni.modeling_e5omni import truncate_embeddings
-
         with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            features = {key: torch.from_numpy(data[key]).to(self.device) for key in data.files}
-        with torch.inference_mode():
-            embeddings = self.model(**features).embeddings.float().cpu()
-        if self.truncate_dim is not None:
-            embeddings = truncate_embeddings(embeddings, self.truncate_dim)
-        return embeddings.numpy().astype(np.float32)
+            features = {key: data[key] for key in data.files}
+        return embed_features(self.model, features, self.truncate_dim)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         vectors = []

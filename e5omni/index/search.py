@@ -210,11 +210,25 @@ class CorpusIndex:
         return model.encode_query([item], show_progress_bar=False, truncate_dim=truncate).numpy().astype(np.float32)
 
     def search(
-        self, model: Any, query: Any, k: int = 10, *, instruction: str | None = None, calibrated: bool = False
+        self,
+        model: Any,
+        query: Any,
+        k: int = 10,
+        *,
+        instruction: str | None = None,
+        calibrated: bool = False,
+        nprobe: int | None = None,
     ) -> list[SearchResult]:
-        """The top `k` rows for one query item (text, an image, a dict of several modalities)."""
+        """The top `k` rows for one query item (text, an image, a dict of several modalities). `nprobe` (ivf and
+        ivfpq kinds) sets how many lists this and later searches scan: more finds more of the exact top-k, slower."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if nprobe is not None:
+            if not hasattr(self.index, "nprobe"):
+                raise ValueError(f"nprobe is for the ivf and ivfpq kinds; this index is {self.kind}")
+            if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= self.index.nlist:
+                raise ValueError(f"nprobe must be an integer in [1, {self.index.nlist}] (the lists), got {nprobe!r}")
+            self.index.nprobe = nprobe
         self.check_model(model)
         vector = self.embed_query(model, query, instruction)
         scores, ids = self.index.search(vector, min(k, max(1, self.index.ntotal)))

@@ -1,0 +1,133 @@
+"""One model batch of an index job: decode + process (a bad item taken out, the rest kept), then embed.
+
+Both engines cut a shard's good records into batches of `batch_size` in source order and run these two steps on
+each; they differ only in where the steps run:
+
+    local engine   `embed_chunk`: `decode_and_process` here (num_workers=0) or in DataLoader worker processes
+                   (num_workers=N, in order, overlapped with the forward), `embed_features` here
+    ray engine     `decode_and_process` in Ray CPU tasks, `embed_features` in the actor pool (ray_engine.py)
+
+so every vector comes from the same padded batch whichever engine or worker count computed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from e5omni.index.sources import Record
+
+
+def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, Any] | None, list[int], dict]:
+    """(features as CPU tensors, positions kept, {position: (error type, reason)}) for one model batch.
+
+    What `encode_document` does for a batch, except that a bad item does not stop it: an item that fails its check
+    or its decoding is taken out, and so is an item the processor refuses (by the index it names; one by one when it
+    names none). Decoding is `E5OmniProcessor.decode`, under the model's budgets."""
+    from modeling_e5omni.inputs_e5omni import E5OmniInputError
+    from modeling_e5omni.processing_e5omni import check_items
+
+    config = processor.config
+    decoded: dict[int, Any] = {}
+    failures: dict[int, tuple[str, str]] = {}
+    for position, item in enumerate(items):
+        try:
+            check_items([item], config.modalities)
+            decoded[position] = processor.decode(item, position)
+        except E5OmniInputError as err:
+            failures[position] = (type(err).__name__, err.reason)
+    pending = sorted(decoded)
+    while pending:
+        try:
+            batch = processor.process_decoded([decoded[p] for p in pending], "document", indices=pending)
+        except E5OmniInputError as err:
+            if err.index in pending:
+                failures[err.index] = (type(err).__name__, err.reason)
+                pending.remove(err.index)
+                continue
+            for p in list(pending):  # no usable index: find the bad items one by one
+                try:
+                    processor.process_decoded([decoded[p]], "document", indices=[p])
+                except E5OmniInputError as one:
+                    failures[p] = (type(one).__name__, one.reason)
+                    pending.remove(p)
+            continue
+        features = {}
+        for key, value in batch.items():
+            if not hasattr(value, "numpy"):
+                raise TypeError(f"processor output {key!r} is a {type(value).__name__}, not a tensor")
+            features[key] = value.detach().cpu()
+        return features, pending, failures
+    return None, [], failures
+
+
+def embed_features(model: Any, features: dict[str, Any], truncate_dim: int | None) -> np.ndarray:
+    """(B, D) float32 unit vectors of one processed batch (tensors or arrays; on the model's device;
+    Matryoshka-truncated if asked)."""
+    import torch
+
+    from modeling_e5omni.modeling_e5omni import truncate_embeddings
+
+    device = next(model.parameters()).device
+    inputs = {key: torch.as_tensor(value).to(device) for key, value in features.items()}
+    with torch.inference_mode():
+        embeddings = model(**inputs).embeddings.float().cpu()
+    if truncate_dim is not None:
+        embeddings = truncate_embeddings(embeddings, truncate_dim)
+    return embeddings.numpy().astype(np.float32)
+
+
+class _Batches:
+    """Map-style dataset over one shard's model batches: batch b -> decode_and_process of its items."""
+
+    def __init__(self, processor: Any, batches: list[list[Any]]):
+        self.processor, self.batches = processor, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int):
+        return decode_and_process(self.processor, self.batches[b])
+
+
+def _prepared(processor: Any, batches: list[list[Any]], num_workers: int):
+    if num_workers == 0 or len(batches) < 2:
+        return (decode_and_process(processor, items) for items in batches)
+    from torch.utils.data import DataLoader
+
+    # batch_size=None: each dataset item is already one model batch; in order; 2 batches ahead per worker
+    return iter(
+        DataLoader(
+            _Batches(processor, batches),
+            batch_size=None,
+            num_workers=min(num_workers, len(batches)),
+            prefetch_factor=2,
+            collate_fn=_as_is,
+        )
+    )
+
+
+def _as_is(batch):
+    return batch
+
+
+def embed_chunk(
+    model: Any, records: list[Record], batch_size: int, truncate_dim: int | None, num_workers: int = 0
+) -> tuple[list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]]]:
+    """(good records, {position in good: vector}, {position in good: (error type, reason)}) for one shard.
+
+    `num_workers` > 0 decodes and processes the shard's batches in that many worker processes, in order, while this
+    process runs the forward of the batch before; the vectors are the same as with 0."""
+    good = [r for r in records if r.error is None]
+    batches = [[r.item for r in good[s : s + batch_size]] for s in range(0, len(good), batch_size)]
+    vectors: dict[int, np.ndarray] = {}
+    failures: dict[int, tuple[str, str]] = {}
+    for number, (features, kept, failed) in enumerate(_prepared(model.processor, batches, num_workers)):
+        offset = number * batch_size
+        for position, reason in failed.items():
+            failures[offset + position] = tuple(reason)
+        if kept:
+            for position, vector in zip(kept, embed_features(model, features, truncate_dim), strict=True):
+                vectors[offset + position] = vector
+    return good, vectors, failures
