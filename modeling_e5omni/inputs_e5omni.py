@@ -55,6 +55,11 @@ class MediaDecodeError(E5OmniInputError):
     """A media file is missing, truncated, corrupt or in a format outside the allow-list."""
 
 
+class MediaShapeError(E5OmniInputError):
+    """An image or video whose shape the backbone cannot take: a side more than `MAX_ASPECT_RATIO` (200) times the
+    other (the Qwen processors' `smart_resize` refuses it)."""
+
+
 class RemoteMediaError(E5OmniInputError):
     """A URL was given where a local path was expected and remote fetching is disabled."""
 

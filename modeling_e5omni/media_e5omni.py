@@ -27,6 +27,7 @@ from .inputs_e5omni import (
     VIDEO_LAYOUTS,
     E5OmniInputError,
     MediaDecodeError,
+    MediaShapeError,
     MediaTooLargeError,
     OmniItem,
     RemoteMediaError,
@@ -191,6 +192,20 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: Largest ratio of an image's (or video frame's) long side to its short side: the Qwen processors' `smart_resize`
+#: (and qwen-omni-utils') refuse anything beyond it with a bare ValueError, so it is checked here, from the header.
+MAX_ASPECT_RATIO = 200
+
+
+def check_aspect(width: int, height: int, index: int | None, what: str) -> None:
+    if min(width, height) > 0 and max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise MediaShapeError(
+            f"{what} of {width}x{height} has an aspect ratio of {max(width, height) / min(width, height):.0f}; the "
+            f"backbone takes at most {MAX_ASPECT_RATIO}: crop or pad it",
+            index,
+        )
+
+
 def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
     """Decode an image path (or take an in-memory image or array), refusing oversized headers before decoding.
 
@@ -205,6 +220,7 @@ def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
             raise MediaTooLargeError(
                 f"image of {width}x{height} pixels exceeds max_decode_pixels={config.max_decode_pixels}", index
             )
+        check_aspect(width, height, index, "image")
         if getattr(image, "format", None) is not None:  # a lazily opened file: decode it under our error handling
             try:
                 image.load()
@@ -237,6 +253,7 @@ def load_image(value, index: int, config: E5OmniConfig) -> Image.Image:
                 f"{config.max_decode_pixels}; refused before decoding",
                 index,
             )
+        check_aspect(width, height, index, f"image {value!s}")
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as err:
@@ -487,6 +504,7 @@ def load_video(
             raise MediaTooLargeError(
                 f"video frames of {frames.shape[2]}x{frames.shape[1]} exceed max_decode_pixels", index
             )
+        check_aspect(frames.shape[2], frames.shape[1], index, "video frames")
         if frames.shape[0] > config.max_frames:  # uniformly subsample, keeping first and last
             keep = np.linspace(0, frames.shape[0] - 1, config.max_frames).round().astype(int)
             frames = frames[keep]
@@ -529,6 +547,7 @@ def _read_video_av(
         stream = container.streams.video[0]
         if stream.width * stream.height > config.max_decode_pixels:
             raise _too_large(stream.width, stream.height, config, index, "frames")
+        check_aspect(stream.width, stream.height, index, "video frames")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         video_fps = float(rate) if rate else 0.0
         time_base = stream.time_base
@@ -577,6 +596,7 @@ def _read_video_av(
                 return False
             if frame.width * frame.height > config.max_decode_pixels:
                 raise _too_large(frame.width, frame.height, config, index, "frame (decoded)")
+            check_aspect(frame.width, frame.height, index, "video frame (decoded)")
             held, position = frame, position + 1
             held_pts = frame.pts if frame.pts is not None else position * (frame_pts or 1.0)
             return True

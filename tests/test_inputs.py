@@ -21,7 +21,7 @@ from modeling_e5omni import (
     RemoteMediaError,
     UnsupportedModalityError,
 )
-from tests.conftest import make_audio, make_image, make_video
+from tests.conftest import make_audio, make_image, make_video, tiny
 
 
 def write_mp4(path, frames: np.ndarray, fps: int = 4) -> None:
@@ -202,3 +202,25 @@ def test_over_long_text_is_truncated_keeping_template_tail(omni_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         processor(["short text"])  # no warning below the budget
+
+
+def test_extreme_aspect_ratios_are_a_typed_error_naming_the_item(tmp_path):
+    """The Qwen processors refuse a side over 200 times the other with a bare ValueError from smart_resize; every
+    way an image or video arrives gets a MediaShapeError naming the item instead (decided from the header)."""
+    from modeling_e5omni import MediaShapeError
+
+    model = tiny("qwen2.5-omni")
+    Image.new("RGB", (2, 600)).save(tmp_path / "tall.png")
+    write_mp4(tmp_path / "strip.mp4", np.zeros((4, 2, 420, 3), np.uint8))
+    cases = [
+        Image.new("RGB", (600, 2)),
+        np.zeros((2, 600, 3), np.uint8),
+        {"image": str(tmp_path / "tall.png"), "text": "x"},
+        {"video": np.zeros((4, 2, 600, 3), np.uint8)},
+        {"video": str(tmp_path / "strip.mp4")},
+    ]
+    for case in cases:
+        with pytest.raises(MediaShapeError, match=r"^item 1: .*has an aspect ratio of (300|210); the backbone takes"):
+            model.encode_document(["fine", case])
+    # 200 exactly is what the backbone still takes
+    assert model.encode_document([Image.new("RGB", (400, 2))]).shape[0] == 1
