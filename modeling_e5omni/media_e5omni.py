@@ -55,10 +55,18 @@ def _local_path(value, index: int, kind: str, allow_remote: bool, max_bytes: int
                 index,
             )
         return _fetch(text, index, kind, max_bytes)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise MediaDecodeError(f"{kind} file not found: {text!r}", index)
-    return path
+    if not text.strip():
+        raise MediaDecodeError(f"{kind} path is empty", index)
+    try:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return path
+        exists = path.exists()
+    except (OSError, ValueError, RuntimeError) as err:  # a name too long, an unknown ~user, a NUL byte
+        raise MediaDecodeError(f"cannot use {kind} path {text[:200]!r}: {err.__class__.__name__}", index) from err
+    if exists:  # a directory, a FIFO, a device: never opened
+        raise MediaDecodeError(f"{kind} path {text!r} is not a regular file", index)
+    raise MediaDecodeError(f"{kind} file not found: {text!r}", index)
 
 
 def _fetch(url: str, index: int, kind: str, max_bytes: int) -> bytes:

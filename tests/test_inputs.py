@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -224,3 +225,21 @@ def test_extreme_aspect_ratios_are_a_typed_error_naming_the_item(tmp_path):
             model.encode_document(["fine", case])
     # 200 exactly is what the backbone still takes
     assert model.encode_document([Image.new("RGB", (400, 2))]).shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("", "image path is empty"),
+        ("  ", "image path is empty"),
+        ("/tmp/" + "a" * 300 + ".png", "cannot use image path '/tmp/aaa"),
+        ("/tmp/" + "a/" * 3000 + "x.png", "cannot use image path '/tmp/a/a/"),
+        ("/tmp", "image path '/tmp' is not a regular file"),
+        ("/dev/null", "image path '/dev/null' is not a regular file"),
+        ("/nonexistent/x.png", "image file not found: '/nonexistent/x.png'"),
+    ],
+)
+def test_unusable_paths_are_named_decode_errors(path, message):
+    """A name the OS refuses (too long), a directory, a device: a typed error naming the item, never an OSError."""
+    with pytest.raises(MediaDecodeError, match="^item 0: " + re.escape(message)):
+        tiny("qwen2.5-omni").encode_document([{"image": path}])
