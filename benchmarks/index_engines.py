@@ -9,7 +9,7 @@ write (12 MP JPEG photos, 30 s 44.1 kHz stereo WAVs, 10 s 1080p MP4 clips with a
 as it does next to a GPU's forward (the tiny model's forward is cheap). `--media small`: 64x64 PNGs, 1 s WAVs,
 4-frame 48x48 MP4s; each item then costs a few milliseconds, and the figure is Ray's fixed cost per batch and per
 job (actor start, scheduling), not its throughput on work worth distributing. Each repeat runs the local engine (`build_corpus`, this
-process, `--threads` torch threads), the local engine with `num_workers = cpus - 1` decoding processes, and then the
+process, `--threads` torch threads), the local engine with `num_workers = cpus` decoding processes, and then the
 ray engine (`engine="ray"`, one embedding actor of one CPU, decode
 tasks on the others) into fresh folders; the figures are the medians. The Ray cluster (`ray.init(num_cpus=--cpus)`)
 is started once before the timings, as a cluster a user runs on already exists; its start is reported apart.
@@ -130,11 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
     ray_start = time.perf_counter() - start
     kwargs = {"shard_size": args.shard_size, "batch_size": args.batch_size, "model_path": model_dir}
     kwargs["show_progress_bar"] = False
-    # local: this process; local-workers: the local engine decoding in cpus - 1 worker processes (num_workers);
+    # local: this process; local-workers: the local engine decoding in `cpus` worker processes (num_workers; the
+    # forward of the tiny model is cheap, so decoding is the work to spread);
     # ray: Ray Data on the same cores
     arms = {
         "local": {"engine": "local"},
-        "local-workers": {"engine": "local", "num_workers": max(1, args.cpus - 1)},
+        "local-workers": {"engine": "local", "num_workers": args.cpus},
         "ray": {"engine": "ray"},
     }
     times: dict[str, list[float]] = {arm: [] for arm in arms}
