@@ -388,7 +388,8 @@ def _read_audio_file(value, index: int, max_seconds: float, config: E5OmniConfig
 
         with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as handle:
             rate = handle.samplerate
-            frames = min(handle.frames, int(max_seconds * rate) + 1) if handle.frames > 0 else int(max_seconds * rate)
+            limit = int(max_seconds * rate)  # what load_audio keeps: read no further (one warning, here)
+            frames = min(handle.frames, limit) if handle.frames > 0 else limit
             array = handle.read(frames=frames, dtype="float32", always_2d=True)
             # libsndfile clamps a cut file's length to what is there and logs "(should be N)" for each chunk
             # whose declared size the file does not hold: a truncated file, not a short one. Streamed files

@@ -85,7 +85,8 @@ def test_a_salted_folder_embeds_everything_else_and_records_each_bad_file(model,
         item = text if text is not None else {kind: str((folder / row["id"]).resolve())}
         assert np.abs(model.encode_document([item])[0].numpy() - vector).max() < 1e-5, row["id"]
     manifest = read_manifest(out)
-    assert manifest["finished"] and manifest["counts"] == {"embedded": 7, "failed": 5, "shards": 3}
+    assert manifest["finished"] and manifest["counts"] == {"embedded": 7, "failed": 5, "warned": 0, "shards": 3}
+    assert (out / "warnings.jsonl").read_text() == ""
     assert manifest["contract"]["dimension"] == model.config.hidden_size
 
 
@@ -113,6 +114,38 @@ def test_worker_processes_give_the_same_index(model, tmp_path):
         build_corpus(model, folder, tmp_path / "x", num_workers=-1, show_progress_bar=False)
     with pytest.raises(ValueError, match="num_workers is for the local engine"):
         build_corpus(model, folder, tmp_path / "y", engine="ray", model_path="m", num_workers=2)
+
+
+def test_items_embedded_with_warnings_are_recorded_not_printed(model, tmp_path):
+    """Audio cut at max_audio_seconds and text cut at max_length are embedded and listed in warnings.jsonl (id, the
+    reason without a batch position), counted in the summary; nothing floods the terminal; resume keeps them."""
+    import warnings as pywarnings
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    t = np.arange(int(16000 * (model.config.max_audio_seconds + 1))) / 16000
+    sf.write(folder / "long.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    (folder / "long.txt").write_text("word " * (model.config.max_length * 2))
+    (folder / "short.txt").write_text("a short caption")
+    out = tmp_path / "i"
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        summary = build_corpus(model, folder, out, shard_size=2, batch_size=2, show_progress_bar=False)
+    assert not [w for w in caught if "item " in str(w.message)], [str(w.message) for w in caught]
+    assert (summary.embedded, summary.failed, summary.warned) == (3, 0, 2)
+    lines = [json.loads(line) for line in (out / "warnings.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["shard"]) for e in lines] == [("long.txt", 0), ("long.wav", 0)]
+    assert "max_length" in lines[0]["warning"] and "max_audio_seconds" in lines[1]["warning"]
+    assert not any(e["warning"].startswith("item ") for e in lines)
+    parallel = tmp_path / "p"
+    build_corpus(model, folder, parallel, shard_size=2, batch_size=2, show_progress_bar=False, num_workers=2)
+    assert (parallel / "warnings.jsonl").read_text() == (out / "warnings.jsonl").read_text()
+    # an interrupted second shard: its lines are dropped and redone, the first shard's stay
+    manifest = read_manifest(out)
+    manifest["shards"], manifest["finished"] = manifest["shards"][:1], False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    resumed = build_corpus(model, folder, out, shard_size=2, batch_size=2, show_progress_bar=False, resume=True)
+    assert resumed.warned == 2 and (out / "warnings.jsonl").read_text() == (parallel / "warnings.jsonl").read_text()
 
 
 def _text_corpus(root: Path, n: int) -> Path:

@@ -52,6 +52,7 @@ def _same_index(a: Path, b: Path) -> None:
     assert rows_a == rows_b  # ids, sources, modalities, content hashes, in the same order
     assert vectors_a.shape == vectors_b.shape and np.abs(vectors_a - vectors_b).max() < 1e-5
     assert (a / "errors.jsonl").read_text() == (b / "errors.jsonl").read_text()
+    assert (a / "warnings.jsonl").read_text() == (b / "warnings.jsonl").read_text()
     manifest_a, manifest_b = read_manifest(a), read_manifest(b)
     for key in ("shards", "counts", "contract", "model", "finished"):
         assert manifest_a[key] == manifest_b[key], key
@@ -59,11 +60,13 @@ def _same_index(a: Path, b: Path) -> None:
 
 def test_ray_engine_equals_the_local_engine_on_a_salted_folder(cluster, model, model_dir, tmp_path):
     folder, good, bad = _salted_folder(tmp_path)
+    (folder / "long.txt").write_text("word " * (model.config.max_length * 2))  # embedded with a warning
+    good = {*good, "long.txt"}
     local, distributed = tmp_path / "local", tmp_path / "ray"
     kwargs = {"shard_size": 4, "batch_size": 3, "show_progress_bar": False, "model_path": str(model_dir)}
     build_corpus(model, folder, local, **kwargs)
     summary = build_corpus(model, folder, distributed, engine="ray", **kwargs)
-    assert (summary.embedded, summary.failed) == (len(good), len(bad))
+    assert (summary.embedded, summary.failed, summary.warned) == (len(good), len(bad), 1)
     assert read_manifest(distributed)["engine"] == "ray"
     errors = {e["id"]: e["error"] for e in map(json.loads, (distributed / "errors.jsonl").read_text().splitlines())}
     assert errors == {

@@ -12,19 +12,45 @@ so every vector comes from the same padded batch whichever engine or worker coun
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import numpy as np
 
 from e5omni.index.sources import Record
 
+_ITEM_PREFIX = re.compile(r"^item (\d+)(?: \[[^\]]*\])?:? ?")
 
-def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, Any] | None, list[int], dict]:
-    """(features as CPU tensors, positions kept, {position: (error type, reason)}) for one model batch.
+
+def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, Any] | None, list[int], dict, dict]:
+    """(features as CPU tensors, positions kept, {position: (error type, reason)}, {position: [warning, ...]}) for
+    one model batch.
 
     What `encode_document` does for a batch, except that a bad item does not stop it: an item that fails its check
     or its decoding is taken out, and so is an item the processor refuses (by the index it names; one by one when it
-    names none). Decoding is `E5OmniProcessor.decode`, under the model's budgets."""
+    names none). Decoding is `E5OmniProcessor.decode`, under the model's budgets. The warnings an item raises (audio
+    cut at max_audio_seconds, text truncated at max_length, a video stream that ended early) are returned with its
+    position instead of printed, so an index job records them (warnings.jsonl) instead of flooding the terminal; a
+    warning that names no item is re-raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        features, kept, failures = _decode_and_process(processor, items)
+    notes: dict[int, list[str]] = {}
+    for warning in caught:
+        message = str(warning.message)
+        match = _ITEM_PREFIX.match(message)
+        position = int(match.group(1)) if match else None
+        if position is None or not 0 <= position < len(items):
+            warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
+            continue
+        reason = message[match.end() :]
+        if reason not in notes.setdefault(position, []):
+            notes[position].append(reason)
+    return features, kept, failures, notes
+
+
+def _decode_and_process(processor: Any, items: list[Any]):
     from modeling_e5omni.inputs_e5omni import E5OmniInputError
     from modeling_e5omni.processing_e5omni import check_items
 
@@ -114,8 +140,9 @@ def _as_is(batch):
 
 def embed_chunk(
     model: Any, records: list[Record], batch_size: int, truncate_dim: int | None, num_workers: int = 0
-) -> tuple[list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]]]:
-    """(good records, {position in good: vector}, {position in good: (error type, reason)}) for one shard.
+) -> tuple[list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]], dict[int, list[str]]]:
+    """(good records, {position in good: vector}, {position in good: (error type, reason)}, {position in good:
+    [warning, ...]}) for one shard.
 
     `num_workers` > 0 decodes and processes the shard's batches in that many worker processes, in order, while this
     process runs the forward of the batch before; the vectors are the same as with 0."""
@@ -123,11 +150,14 @@ def embed_chunk(
     batches = [[r.item for r in good[s : s + batch_size]] for s in range(0, len(good), batch_size)]
     vectors: dict[int, np.ndarray] = {}
     failures: dict[int, tuple[str, str]] = {}
-    for number, (features, kept, failed) in enumerate(_prepared(model.processor, batches, num_workers)):
+    notes: dict[int, list[str]] = {}
+    for number, (features, kept, failed, noted) in enumerate(_prepared(model.processor, batches, num_workers)):
         offset = number * batch_size
         for position, reason in failed.items():
             failures[offset + position] = tuple(reason)
+        for position, messages in noted.items():
+            notes[offset + position] = list(messages)
         if kept:
             for position, vector in zip(kept, embed_features(model, features, truncate_dim), strict=True):
                 vectors[offset + position] = vector
-    return good, vectors, failures
+    return good, vectors, failures, notes

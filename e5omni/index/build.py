@@ -38,6 +38,7 @@ from e5omni.index.sources import Record, count_source, iter_source
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
+WARNINGS = "warnings.jsonl"
 SHARDS = "shards"
 MANIFEST_FORMAT = "e5omni-index/1"
 
@@ -51,6 +52,7 @@ class BuildSummary:
     out_dir: Path
     embedded: int = 0
     failed: int = 0
+    warned: int = 0
     shards: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
@@ -61,6 +63,7 @@ class BuildSummary:
             "out_dir": str(self.out_dir),
             "embedded": self.embedded,
             "failed": self.failed,
+            "warned": self.warned,
             "shards": self.shards,
             "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 2),
@@ -150,11 +153,14 @@ def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
 ENGINES = ("local", "ray")
 
 
-def _shard_entries(number: int, chunk: list[Record], good: list[Record], vectors, failures) -> tuple[list, list]:
-    """(rows, error lines) of shard `number`: the same for every engine, so their files are identical."""
+def _shard_entries(
+    number: int, chunk: list[Record], good: list[Record], vectors, failures, notes
+) -> tuple[list, list, list]:
+    """(rows, error lines, warning lines) of shard `number`: the same for every engine, so their files are
+    identical. An embedded item that raised warnings (truncated audio or text, ...) has one warning line each."""
     from e5omni.data.items import content_hash
 
-    rows, errors = [], []
+    rows, errors, warned = [], [], []
     for record in chunk:
         if record.error is not None:
             errors.append(_error_line(record, *record.error, number))
@@ -162,6 +168,8 @@ def _shard_entries(number: int, chunk: list[Record], good: list[Record], vectors
         if i in failures:
             errors.append(_error_line(record, *failures[i], number))
         else:
+            for message in notes.get(i, ()):
+                warned.append({"id": record.id, "source": record.source, "warning": message, "shard": number})
             rows.append(
                 {
                     "id": record.id,
@@ -171,7 +179,7 @@ def _shard_entries(number: int, chunk: list[Record], good: list[Record], vectors
                     "vector": vectors[i],
                 }
             )
-    return rows, errors
+    return rows, errors, warned
 
 
 def _local_engine(
@@ -262,15 +270,18 @@ def build_corpus(
         raise IndexBuildError(f"{out} is not empty and holds no manifest: index into a fresh folder")
     # the ray engine finishes shards out of order: the finished ones are a set, listed in shard order
     done = {_shard_number(s) for s in finished}
-    # errors of the shards that finished stay; those of an interrupted shard are dropped (it is redone)
-    kept_errors = []
-    if (out / ERRORS).exists():
-        for line in (out / ERRORS).read_text().splitlines():
-            if line.strip() and json.loads(line)["shard"] in done:
-                kept_errors.append(line)
-    (out / ERRORS).write_text("".join(line + "\n" for line in kept_errors))
-    summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept_errors))
-    summary.errors_by_type.update(json.loads(line)["error"] for line in kept_errors)
+    # error and warning lines of the shards that finished stay; those of an interrupted shard are dropped (redone)
+    kept = {}
+    for name in (ERRORS, WARNINGS):
+        kept[name] = []
+        if (out / name).exists():
+            for line in (out / name).read_text().splitlines():
+                if line.strip() and json.loads(line)["shard"] in done:
+                    kept[name].append(line)
+        (out / name).write_text("".join(line + "\n" for line in kept[name]))
+    summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept[ERRORS]))
+    summary.warned = len({json.loads(line)["id"] for line in kept[WARNINGS]})
+    summary.errors_by_type.update(json.loads(line)["error"] for line in kept[ERRORS])
 
     is_path = isinstance(source, (str, os.PathLike))
     records = iter_source(source, media_root) if is_path else iter(source)
@@ -309,19 +320,21 @@ def build_corpus(
         results = _local_engine(model, todo(), batch_size, truncate_dim, num_workers)
     with bar:
         try:
-            for number, chunk, good, vectors, failures in results:
-                rows, errors = _shard_entries(number, chunk, good, vectors, failures)
+            for number, chunk, good, vectors, failures, notes in results:
+                rows, errors, warned = _shard_entries(number, chunk, good, vectors, failures, notes)
                 name = f"{number:05d}.parquet"
                 _write_shard(out / SHARDS / name, rows, dim)
-                with open(out / ERRORS, "a") as handle:  # before the manifest names the shard: a crash redoes it
-                    for entry in errors:
-                        handle.write(json.dumps(entry) + "\n")
+                for file, entries in ((ERRORS, errors), (WARNINGS, warned)):
+                    with open(out / file, "a") as handle:  # before the manifest names the shard: a crash redoes it
+                        for entry in entries:
+                            handle.write(json.dumps(entry) + "\n")
                 finished.append({"name": name, "rows": len(rows), "errors": len(errors)})
                 finished.sort(key=_shard_number)
                 done.add(number)
                 write_json_atomic(out / MANIFEST, manifest)
                 summary.embedded += len(rows)
                 summary.failed += len(errors)
+                summary.warned += len({entry["id"] for entry in warned})
                 summary.errors_by_type.update(entry["error"] for entry in errors)
                 bar.update(len(chunk))
                 bar.set_postfix(failed=summary.failed)
@@ -333,16 +346,23 @@ def build_corpus(
             if close is not None:
                 close()  # the ray engine stops its pipeline (and the local cluster it started)
     _sort_errors(out / ERRORS)
+    _sort_errors(out / WARNINGS)
     summary.shards = len(finished)
     summary.seconds = time.perf_counter() - start
     manifest["finished"] = not summary.stopped_early
-    manifest["counts"] = {"embedded": summary.embedded, "failed": summary.failed, "shards": summary.shards}
+    manifest["counts"] = {
+        "embedded": summary.embedded,
+        "failed": summary.failed,
+        "warned": summary.warned,
+        "shards": summary.shards,
+    }
     write_json_atomic(out / MANIFEST, manifest)
     return summary
 
 
 def _sort_errors(path: Path) -> None:
-    """errors.jsonl in shard order (stable within a shard), as an uninterrupted local run writes it."""
+    """errors.jsonl / warnings.jsonl in shard order (stable within a shard), as an uninterrupted local run writes
+    them."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     ordered = sorted(lines, key=lambda line: json.loads(line)["shard"])
     if ordered != lines:

@@ -62,15 +62,17 @@ def _pack(features: dict[str, Any] | None) -> bytes:
 
 
 def _decode_row(row: dict[str, Any], model_path: str) -> dict[str, Any]:
-    """Ray task: one model batch of items -> its tensors (an .npz blob), the positions kept, the failures."""
+    """Ray task: one model batch of items -> its tensors (an .npz blob), the positions kept, the failures, the
+    warnings."""
     items = pickle.loads(row["payload"])  # written by this job's driver, never read from user files
-    features, kept, failures = decode_and_process(_processor(model_path), items)
+    features, kept, failures, notes = decode_and_process(_processor(model_path), items)
     return {
         "shard": row["shard"],
         "batch": row["batch"],
         "features": _pack(features),
         "kept": json.dumps(kept),
         "failures": json.dumps({str(k): v for k, v in failures.items()}),
+        "notes": json.dumps({str(k): v for k, v in notes.items()}),
     }
 
 
@@ -105,6 +107,7 @@ class Embedder:
             "batch": batch["batch"],
             "kept": batch["kept"],
             "failures": batch["failures"],
+            "notes": batch["notes"],
             "vectors": np.array(vectors, dtype=object),
             "fingerprint": np.array([self.fingerprint] * len(vectors), dtype=object),
         }
@@ -120,7 +123,7 @@ def ray_engine(
     address: str | None = None,
     num_actors: int | None = None,
 ) -> Iterator[tuple[int, list[Record], list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]]]]:
-    """(number, chunk, good, vectors, failures) per shard, as `build._local_engine` yields them, in finishing order.
+    """(number, chunk, good, vectors, failures, notes) per shard, as `build._local_engine` yields them, in finishing order.
 
     Closing the generator stops the pipeline and shuts down the local cluster if this call started it."""
     try:
@@ -134,7 +137,7 @@ def ray_engine(
     for number, chunk in chunks:
         good = [r for r in chunk if r.error is None]
         n_batches = math.ceil(len(good) / batch_size)
-        pending[number] = {"chunk": chunk, "good": good, "left": n_batches, "vectors": {}, "failures": {}}
+        pending[number] = {"chunk": chunk, "good": good, "left": n_batches, "vectors": {}, "failures": {}, "notes": {}}
         if not n_batches:
             empty.append(number)
         for b in range(n_batches):
@@ -143,7 +146,7 @@ def ray_engine(
 
     def finish(number: int):
         state = pending.pop(number)
-        return number, state["chunk"], state["good"], state["vectors"], state["failures"]
+        return number, state["chunk"], state["good"], state["vectors"], state["failures"], state["notes"]
 
     for number in empty:  # nothing to embed: every record of the shard is an error of its source
         yield finish(number)
@@ -186,6 +189,8 @@ def ray_engine(
                     state["vectors"][offset + position] = vector
             for position, (kind, reason) in json.loads(row["failures"]).items():
                 state["failures"][offset + int(position)] = (kind, reason)
+            for position, messages in json.loads(row["notes"]).items():
+                state["notes"][offset + int(position)] = list(messages)
             state["left"] -= 1
             if state["left"] == 0:
                 yield finish(number)
