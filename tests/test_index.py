@@ -157,6 +157,21 @@ def _text_corpus(root: Path, n: int) -> Path:
     return folder
 
 
+def kill_9_after_shards(cmd: list[str], out: Path, shards: int, timeout: float) -> int:
+    """Start `e5omni index` (cmd), SIGKILL it once its manifest lists `shards` finished shards; the shards done."""
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= shards:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(read_manifest(out)["shards"])
+
+
 def test_kill_9_mid_run_then_resume_holds_every_id_once_with_the_same_vectors(model, model_dir, tmp_path):
     folder = _text_corpus(tmp_path, 60)
     reference = tmp_path / "reference"
@@ -164,18 +179,7 @@ def test_kill_9_mid_run_then_resume_holds_every_id_once_with_the_same_vectors(mo
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(killed)]
     cmd += ["--shard-size", "4", "--batch-size", "4", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        manifest = killed / "manifest.json"
-        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(read_manifest(killed)["shards"])
-    assert done_before < 16, "the run finished before it could be killed"
+    assert kill_9_after_shards(cmd, killed, 3, 240) < 16, "the run finished before it could be killed"
     resumed = subprocess.run(cmd + ["--resume"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 1, resumed.stderr[-2000:]  # one broken file: exit 1, the rest embedded
     rows, vectors = read_shards(killed)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from e5omni.index.search import read_shards
 from e5omni.release import save_hub_folder
 from e5omni.tiny import build_tiny_model
 from tests.cli_runs import REPO, env
-from tests.test_index import _salted_folder, _text_corpus
+from tests.test_index import _salted_folder, _text_corpus, kill_9_after_shards
 
 ray = pytest.importorskip("ray", reason="Ray Data comes with the [index] extra")
 
@@ -108,18 +106,7 @@ def test_kill_9_mid_ray_run_then_resume_holds_every_id_once(model, model_dir, tm
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(killed)]
     cmd += ["--shard-size", "2", "--batch-size", "2", "--no-progress", "--engine", "ray"]
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        manifest = killed / "manifest.json"
-        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(read_manifest(killed)["shards"])
-    assert done_before < 21, "the run finished before it could be killed"
+    assert kill_9_after_shards(cmd, killed, 3, 300) < 21, "the run finished before it could be killed"
     resumed = subprocess.run(cmd + ["--resume"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 1, resumed.stderr[-3000:]  # the broken file: exit 1, the rest embedded
     rows, vectors = read_shards(killed)
