@@ -655,9 +655,11 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return frame
     from torchvision.transforms.v2 import functional as tvF
 
-    image = torch.from_numpy(frame).permute(2, 0, 1)
+    # (1, 3, H, W) viewed channels-last over the (H, W, 3) pixels: torch's uint8 antialiased kernel takes that
+    # layout without a contiguous copy of the full-size frame
+    image = torch.from_numpy(frame).unsqueeze(0).permute(0, 3, 1, 2)
     resized = tvF.resize(image, list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
-    return np.ascontiguousarray(resized.permute(1, 2, 0).numpy())
+    return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 
 
 def load_video_audio(value, index: int, config: E5OmniConfig, source: Path | bytes | None = None) -> np.ndarray | None:
