@@ -327,7 +327,8 @@ def test_cli_index_then_search_table_and_json(model_dir, tmp_path):
     folder = _text_corpus(tmp_path, 6)
     out = tmp_path / "i"
     run = subprocess.run(
-        [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(out), "--no-progress"],
+        [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(out), "--no-progress"]
+        + ["--index", "ivf", "--num-workers", "1"],
         env=env(),
         cwd=REPO,
         capture_output=True,
@@ -335,6 +336,11 @@ def test_cli_index_then_search_table_and_json(model_dir, tmp_path):
         timeout=300,
     )
     assert run.returncode == 1 and "1 item(s) failed" in run.stderr, run.stderr[-2000:]
+    # 6 vectors cannot train an ivf index: the run keeps its work and builds the exact index, saying so
+    assert (
+        "ivf needs at least 39 vectors to train, the corpus has 6: use flat; built a flat (exact) index" in run.stderr
+    )
+    assert CorpusIndex.load(out).kind == "flat"
     search = [sys.executable, "-m", "e5omni.cli", "search", str(out), "--text", "document number 2", "-k", "3"]
     table = subprocess.run(search + ["--calibrated"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr[-2000:]

@@ -17,6 +17,7 @@ from e5omni.cli.common import load_inference_model, positive_int
 
 def cmd_index(args: argparse.Namespace) -> int:
     from e5omni.index import CorpusIndex, IndexBuildError, build_corpus
+    from e5omni.index.search import TooFewVectorsError
 
     if args.engine != "ray" and (args.ray_address is not None or args.ray_actors is not None):
         print("e5omni index: --ray-address / --ray-actors need --engine ray", file=sys.stderr)
@@ -44,13 +45,19 @@ def cmd_index(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
         )
         if not summary.stopped_early:
-            CorpusIndex.build(args.out, kind=args.index)
+            try:
+                CorpusIndex.build(args.out, kind=args.index)
+            except TooFewVectorsError as err:  # a corpus too small to train an IVF index: exact search is better
+                print(f"e5omni index: {err}; built a flat (exact) index instead", file=sys.stderr)
+                CorpusIndex.build(args.out, kind="flat")
     except (IndexBuildError, FileNotFoundError, ValueError) as err:  # DataError is a ValueError
         print(f"e5omni index: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary.as_dict()))
     if summary.failed:
         print(f"{summary.failed} item(s) failed: see {args.out}/errors.jsonl", file=sys.stderr)
+    if summary.warned:
+        print(f"{summary.warned} item(s) embedded with warnings: see {args.out}/warnings.jsonl", file=sys.stderr)
     return 3 if summary.stopped_early else (1 if summary.failed else 0)
 
 

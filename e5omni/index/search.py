@@ -43,6 +43,10 @@ KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 TRAIN_PER_LIST = 64
 
 
+class TooFewVectorsError(ValueError):
+    """An IVF index asked for over a corpus too small to train it (faiss needs 39 vectors a list; PQ 256)."""
+
+
 class IndexMismatchError(IndexBuildError):
     """A search with a model (or dimension) other than the one the index was built with."""
 
@@ -128,7 +132,9 @@ def train_index(index, vectors: np.ndarray, kind: str) -> None:
         return
     least = 256 if kind == "ivfpq" else 39  # 2**8 codes a sub-quantiser; faiss' minimum per list
     if len(vectors) < least:
-        raise ValueError(f"{kind} needs at least {least} vectors to train, the corpus has {len(vectors)}: use flat")
+        raise TooFewVectorsError(
+            f"{kind} needs at least {least} vectors to train, the corpus has {len(vectors)}: use flat"
+        )
     limit = TRAIN_PER_LIST * index.nlist
     if len(vectors) > limit:
         pick = np.sort(np.random.default_rng(0).choice(len(vectors), limit, replace=False))
