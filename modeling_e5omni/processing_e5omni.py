@@ -110,6 +110,19 @@ class _Rendered:
 
 
 # ------------------------------------------------------------------------------------------------- the processor
+def _resizes_like_torchvision(processor: Any) -> bool:
+    """Whether `processor` resizes with torchvision bicubic + antialias (`resize_frame`'s op): a torchvision-backend
+    Qwen image / video processor. A PIL-backend processor resizes with PIL, so nothing is resized ahead of it."""
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    resample = getattr(processor, "resample", None)
+    return (
+        isinstance(processor, TorchvisionBackend)
+        and resample is not None
+        and int(resample) == int(PILImageResampling.BICUBIC)
+    )
+
+
 class E5OmniProcessor:
     """Turns omni items into backbone inputs for `E5OmniModel`.
 
@@ -262,9 +275,10 @@ class E5OmniProcessor:
         `max_video_tokens`, as `cap_pixels_per_frame=True` asks). None for a video processor of another kind or
         resample (frames are then handed over at decoded size)."""
         video_processor = getattr(self.backbone_processor, "video_processor", None)
-        module = sys.modules.get(type(video_processor).__module__)
-        smart_resize = getattr(module, "smart_resize", None)
-        if smart_resize is None or int(getattr(video_processor, "resample", -1)) != int(PILImageResampling.BICUBIC):
+        if not _resizes_like_torchvision(video_processor):
+            return None
+        smart_resize = getattr(sys.modules.get(type(video_processor).__module__), "smart_resize", None)
+        if smart_resize is None:
             return None
         factor = video_processor.patch_size * video_processor.merge_size
         min_pixels, max_pixels = self.config.video_min_pixels, self.config.video_max_pixels
@@ -278,8 +292,10 @@ class E5OmniProcessor:
         """(height, width) the backbone's image processor resizes a `height` x `width` image to under this model's
         budgets (its own `smart_resize` between min_pixels and max_pixels); None for another kind of processor."""
         image_processor = getattr(self.backbone_processor, "image_processor", None)
+        if not _resizes_like_torchvision(image_processor):
+            return None
         smart_resize = getattr(sys.modules.get(type(image_processor).__module__), "smart_resize", None)
-        if smart_resize is None or int(getattr(image_processor, "resample", -1)) != int(PILImageResampling.BICUBIC):
+        if smart_resize is None:
             return None
         factor = image_processor.patch_size * image_processor.merge_size
         return tuple(

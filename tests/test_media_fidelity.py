@@ -419,3 +419,13 @@ def test_images_are_resized_right_after_decoding(tmp_path, backbone):
         with torch.inference_mode():
             assert torch.equal(model(**a).embeddings, model(**b).embeddings), name
         assert torch.equal(model.encode_document([item]), model(**b).embeddings), name
+    # a PIL-backend image processor resizes with PIL: nothing is resized ahead of it
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    pil = copy.copy(proc)
+    pil.backbone_processor = copy.copy(proc.backbone_processor)
+    pil.backbone_processor.image_processor = Qwen2VLImageProcessorPil()
+    assert pil.image_size(300, 420) is None and pil.decode({"image": str(tmp_path / "big.png")}, 0).image.size == (
+        420,
+        300,
+    )
