@@ -297,6 +297,36 @@ def test_ivf_kind_builds_saves_and_loads(model, tmp_path):
         CorpusIndex.build(out, kind="ivfpq")
 
 
+def test_ivfpq_reranks_its_candidates_with_the_exact_vectors(model, tmp_path):
+    """ivfpq's codes pick 10 x k candidates, the memory-mapped exact store ranks them: the results of the exact
+    index, with exact cosines; added rows join the store on save; a missing store degrades with a warning."""
+    folder = _text_corpus(tmp_path, 300)
+    out = tmp_path / "i"
+    build_corpus(model, folder, out, show_progress_bar=False)
+    queries = ["a red shape", "document number 17", "a green shape, number 250"]
+    exact = CorpusIndex.build(out, kind="flat")
+    expected = [[(r.id, r.score) for r in exact.search(model, q, k=5)] for q in queries]
+    CorpusIndex.build(out, kind="ivfpq")
+    assert (out / "exact.f32").stat().st_size == 300 * model.config.hidden_size * 4
+    index = CorpusIndex.load(out)
+    assert isinstance(index.exact, np.memmap)
+    for query, want in zip(queries, expected, strict=True):
+        got = [(r.id, r.score) for r in index.search(model, query, k=5)]
+        assert [i for i, _ in got] == [i for i, _ in want], query
+        assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5), query
+    index.add(model, ["a brand new purple shape"], ["new"])
+    assert index.search(model, "a brand new purple shape", k=1)[0].id == "new"  # before the save too
+    index.save()
+    reloaded = CorpusIndex.load(out)
+    assert len(reloaded.exact) == 301 and reloaded.search(model, "a brand new purple shape", k=1)[0].id == "new"
+    (out / "exact.f32").unlink()
+    with pytest.warns(UserWarning, match="exact.f32 is missing or does not match index.faiss"):
+        degraded = CorpusIndex.load(out)
+    assert degraded.exact is None and len(degraded.search(model, "a red shape", k=5)) == 5
+    CorpusIndex.build(out, kind="flat")
+    assert not (out / "exact.f32").exists()  # other kinds keep no store
+
+
 def test_table_sources_confine_paths_and_name_bad_rows(model, tmp_path):
     Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
     rows = [

@@ -8,9 +8,10 @@ dimension; docs/benchmarks.md):
     ivf     `IndexIVFFlat` (inner product): nlist = 4 * sqrt(N) lists (at most N / 39, faiss' training minimum),
             nprobe = 16 at search; full vectors, so the flat index's memory; queries scan ~16 / nlist of the corpus.
             The large-corpus choice when the vectors fit in memory.
-    ivfpq   `IndexIVFPQ` (inner product), the same lists, m = D / 8 sub-quantisers of 8 bits (m bytes a vector:
-            32 x smaller than flat at any D), nprobe = 32: for corpora whose full vectors do not fit in memory;
-            lossy (recall reported in docs/benchmarks.md).
+    ivfpq   `IndexIVFPQ` (inner product), the same lists, m = D / 8 sub-quantisers of 8 bits (m bytes a vector in
+            memory: 32 x smaller than flat at any D), nprobe = 32; the codes pick 10 x k candidates and the full
+            vectors, kept on disk in `exact.f32` and read memory-mapped (a few pages a query), rank them, so scores
+            are exact cosines. For corpora whose full vectors do not fit in memory.
     hnsw    `IndexHNSWFlat` (inner product), M = 32, efConstruction = 200, efSearch = 128: a graph; builds slowly
             at large D on few cores (about 2 minutes for 20k x 3584 on 2 cores) and is not faster than flat below
             ~100k vectors at this D. About (1 + 2 * M * 4 / (4 * D)) times the flat index's memory.
@@ -38,6 +39,10 @@ from e5omni.index.build import MANIFEST, SHARDS, IndexBuildError, modality_names
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.json"
+#: ivfpq's exact re-rank store: the full vectors, float32, row after row (read memory-mapped, a page per hit).
+EXACT_FILE = "exact.f32"
+#: ivfpq asks its codes for this many times k candidates and re-ranks them with the exact vectors.
+RERANK_FACTOR = 10
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 #: Vectors the IVF kinds are trained on: at most this many per list (a seeded sample).
 TRAIN_PER_LIST = 64
@@ -145,8 +150,10 @@ def train_index(index, vectors: np.ndarray, kind: str) -> None:
 class CorpusIndex:
     """A loaded index folder: manifest, rows (id, source, modalities) and the faiss index over their vectors."""
 
-    def __init__(self, folder: str | os.PathLike, manifest: dict, rows: list[dict], index: Any, kind: str):
+    def __init__(self, folder: str | os.PathLike, manifest: dict, rows: list[dict], index: Any, kind: str, exact=None):
         self.folder, self.manifest, self.rows, self.index, self.kind = Path(folder), manifest, rows, index, kind
+        # ivfpq: the full vectors for the re-rank (memory-mapped from EXACT_FILE), plus those added since the save
+        self.exact, self._added = exact, []
 
     # --------------------------------------------------------------------------------------------- build / load
     @classmethod
@@ -159,11 +166,22 @@ class CorpusIndex:
         if len(vectors):
             index.add(vectors)
         out = cls(folder, manifest, rows, index, kind)
+        if kind == "ivfpq":
+            _write_exact(Path(folder) / EXACT_FILE, vectors)
+            out.exact = _open_exact(Path(folder) / EXACT_FILE, vectors.shape[1], len(vectors))
+        else:
+            (Path(folder) / EXACT_FILE).unlink(missing_ok=True)
         out.save()
         return out
 
     def save(self) -> None:
         faiss = _faiss()
+        if self._added:  # ivfpq: the vectors added since the last save go after the stored ones
+            with open(self.folder / EXACT_FILE, "ab") as handle:
+                for block in self._added:
+                    handle.write(np.ascontiguousarray(block, np.float32).tobytes())
+            self._added = []
+            self.exact = _open_exact(self.folder / EXACT_FILE, self.index.d, self.index.ntotal)
         tmp = self.folder / (INDEX_FILE + ".tmp")
         faiss.write_index(self.index, str(tmp))
         os.replace(tmp, self.folder / INDEX_FILE)
@@ -188,7 +206,18 @@ class CorpusIndex:
             raise IndexBuildError(
                 f"{folder}: {INDEX_FILE} holds {index.ntotal} vectors for {len(payload['rows'])} rows"
             )
-        return cls(folder, manifest, payload["rows"], index, payload["kind"])
+        exact = None
+        if payload["kind"] == "ivfpq":
+            exact = _open_exact(folder / EXACT_FILE, index.d, index.ntotal)
+            if exact is None:
+                import warnings
+
+                warnings.warn(
+                    f"{folder}: {EXACT_FILE} is missing or does not match {INDEX_FILE}; ivfpq results are ranked by "
+                    "their compressed codes only (rebuild the index to restore the exact re-rank)",
+                    stacklevel=2,
+                )
+        return cls(folder, manifest, payload["rows"], index, payload["kind"], exact)
 
     # ------------------------------------------------------------------------------------------------ search
     def check_model(self, model: Any) -> None:
@@ -237,7 +266,7 @@ class CorpusIndex:
             self.index.nprobe = nprobe
         self.check_model(model)
         vector = self.embed_query(model, query, instruction)
-        scores, ids = self.index.search(vector, min(k, max(1, self.index.ntotal)))
+        scores, ids = self.ranked(vector, k)
         results = []
         for rank, (score, row_id) in enumerate(zip(scores[0], ids[0], strict=True), start=1):
             if row_id < 0:
@@ -255,6 +284,21 @@ class CorpusIndex:
                 result.calibrated = result.score / t
         return results
 
+    def ranked(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss' (scores, row ids) of the top k for each query vector. ivfpq with its exact store: the codes pick
+        RERANK_FACTOR x k candidates and the exact vectors rank them, so scores are exact cosines."""
+        k = min(k, max(1, self.index.ntotal))
+        if self.exact is None or self.kind != "ivfpq":
+            return self.index.search(vectors, k)
+        return rerank(self.index, self._exact_rows, vectors, k)
+
+    def _exact_rows(self, rows: np.ndarray) -> np.ndarray:
+        stored = len(self.exact)
+        if not self._added or rows.size == 0 or rows.max() < stored:
+            return np.asarray(self.exact[np.sort(rows)][np.argsort(np.argsort(rows))], np.float32)
+        added = np.concatenate(self._added)
+        return np.stack([self.exact[r] if r < stored else added[r - stored] for r in rows]).astype(np.float32)
+
     def add(self, model: Any, items: list[Any], ids: list[str], sources: list[str] | None = None) -> None:
         """Embed `items` as documents and append them (rows and vectors) to the loaded index; `save()` to persist."""
         if len(items) != len(ids):
@@ -267,5 +311,38 @@ class CorpusIndex:
         truncate = self.manifest["contract"]["truncate_dim"]
         vectors = model.encode_document(items, show_progress_bar=False, truncate_dim=truncate).numpy()
         self.index.add(vectors.astype(np.float32))
+        if self.kind == "ivfpq" and self.exact is not None:
+            self._added.append(vectors.astype(np.float32))
         for item, rid, source in zip(items, ids, sources or ids, strict=True):
             self.rows.append({"id": rid, "source": source, "modalities": modality_names(item), "content_hash": None})
+
+
+def _write_exact(path: Path, vectors: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        for start in range(0, len(vectors), 65536):
+            handle.write(np.ascontiguousarray(vectors[start : start + 65536], np.float32).tobytes())
+    os.replace(tmp, path)
+
+
+def _open_exact(path: Path, dim: int, rows: int):
+    """The exact store memory-mapped (pages read on demand), or None when it is missing or not `rows` x `dim`."""
+    if not path.is_file() or path.stat().st_size != rows * dim * 4:
+        return None
+    if rows == 0:
+        return np.zeros((0, dim), np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+
+
+def rerank(index: Any, exact_rows: Any, vectors: np.ndarray, k: int, factor: int = RERANK_FACTOR):
+    """(scores, ids) of the top k: `index` picks factor x k candidates a query, `exact_rows(ids)` gives their full
+    vectors, and the exact inner products rank them (what `CorpusIndex` does for ivfpq)."""
+    _, candidates = index.search(vectors, min(index.ntotal, k * factor))
+    out_scores = np.full((len(vectors), k), -np.inf, np.float32)
+    out_ids = np.full((len(vectors), k), -1, np.int64)
+    for q, (vector, found) in enumerate(zip(vectors, candidates, strict=True)):
+        found = found[found >= 0]
+        exact = exact_rows(found) @ vector
+        order = np.argsort(-exact, kind="stable")[:k]
+        out_scores[q, : len(order)], out_ids[q, : len(order)] = exact[order], found[order]
+    return out_scores, out_ids
