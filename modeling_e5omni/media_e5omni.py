@@ -662,6 +662,17 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 
 
+def resize_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An RGB image resized to (height, width) = `size` with `resize_frame`'s op. Its pixels are copied strip by
+    strip into one array (np.asarray of a whole PIL image holds two more copies: tobytes' chunks and their join)."""
+    if (image.height, image.width) == tuple(size):
+        return image
+    pixels = np.empty((image.height, image.width, 3), np.uint8)
+    for top in range(0, image.height, 256):
+        pixels[top : top + 256] = np.asarray(image.crop((0, top, image.width, min(image.height, top + 256))))
+    return Image.fromarray(resize_frame(pixels, size))
+
+
 def load_video_audio(value, index: int, config: E5OmniConfig, source: Path | bytes | None = None) -> np.ndarray | None:
     """A video file's first audio track -> float32 mono 16 kHz (None when the file has none, or for arrays).
 

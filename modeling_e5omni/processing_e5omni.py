@@ -41,9 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoConfig
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import PILImageResampling
@@ -69,7 +67,7 @@ from .media_e5omni import (
     load_image,
     load_video,
     normalize_item,
-    resize_frame,
+    resize_image,
     video_frames_from_array,
 )
 
@@ -110,17 +108,18 @@ class _Rendered:
 
 
 # ------------------------------------------------------------------------------------------------- the processor
-def _resizes_like_torchvision(processor: Any) -> bool:
-    """Whether `processor` resizes with torchvision bicubic + antialias (`resize_frame`'s op): a torchvision-backend
-    Qwen image / video processor. A PIL-backend processor resizes with PIL, so nothing is resized ahead of it."""
+def _smart_resize_of(processor: Any):
+    """(smart_resize, factor) of a Qwen image / video processor that resizes with torchvision bicubic + antialias
+    (`resize_frame`'s op), else None: a PIL-backend processor resizes with PIL, so nothing is resized ahead of it."""
     from transformers.image_processing_backends import TorchvisionBackend
 
     resample = getattr(processor, "resample", None)
-    return (
-        isinstance(processor, TorchvisionBackend)
-        and resample is not None
-        and int(resample) == int(PILImageResampling.BICUBIC)
-    )
+    if not isinstance(processor, TorchvisionBackend) or resample is None:
+        return None
+    smart_resize = getattr(sys.modules.get(type(processor).__module__), "smart_resize", None)
+    if smart_resize is None or int(resample) != int(PILImageResampling.BICUBIC):
+        return None
+    return smart_resize, processor.patch_size * processor.merge_size
 
 
 class E5OmniProcessor:
@@ -275,12 +274,10 @@ class E5OmniProcessor:
         `max_video_tokens`, as `cap_pixels_per_frame=True` asks). None for a video processor of another kind or
         resample (frames are then handed over at decoded size)."""
         video_processor = getattr(self.backbone_processor, "video_processor", None)
-        if not _resizes_like_torchvision(video_processor):
+        found = _smart_resize_of(video_processor)
+        if found is None:
             return None
-        smart_resize = getattr(sys.modules.get(type(video_processor).__module__), "smart_resize", None)
-        if smart_resize is None:
-            return None
-        factor = video_processor.patch_size * video_processor.merge_size
+        smart_resize, factor = found
         min_pixels, max_pixels = self.config.video_min_pixels, self.config.video_max_pixels
         total = int(video_processor.max_video_tokens * factor * factor * 0.9)
         max_pixels = max(
@@ -291,13 +288,10 @@ class E5OmniProcessor:
     def image_size(self, height: int, width: int) -> tuple[int, int] | None:
         """(height, width) the backbone's image processor resizes a `height` x `width` image to under this model's
         budgets (its own `smart_resize` between min_pixels and max_pixels); None for another kind of processor."""
-        image_processor = getattr(self.backbone_processor, "image_processor", None)
-        if not _resizes_like_torchvision(image_processor):
+        found = _smart_resize_of(getattr(self.backbone_processor, "image_processor", None))
+        if found is None:
             return None
-        smart_resize = getattr(sys.modules.get(type(image_processor).__module__), "smart_resize", None)
-        if smart_resize is None:
-            return None
-        factor = image_processor.patch_size * image_processor.merge_size
+        smart_resize, factor = found
         return tuple(
             smart_resize(
                 height, width, factor=factor, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels
@@ -313,16 +307,8 @@ class E5OmniProcessor:
         out = normalize_item(item, index, self.config, frame_size=self.video_frame_size)
         if out.image is not None:
             size = self.image_size(out.image.height, out.image.width)
-            if size is not None and size != (out.image.height, out.image.width):
-                image, out.image = out.image, None
-                # one copy of the pixels, filled strip by strip (np.asarray of a whole PIL image holds two more:
-                # tobytes' chunks and their join), the decoded image dropped before the resize
-                pixels = np.empty((image.height, image.width, 3), np.uint8)
-                for top in range(0, image.height, 256):
-                    strip = image.crop((0, top, image.width, min(image.height, top + 256)))
-                    pixels[top : top + strip.height] = np.asarray(strip)
-                del image, strip
-                out.image = Image.fromarray(resize_frame(pixels, size))
+            if size is not None:
+                out.image = resize_image(out.image, size)
         return out
 
     # ------------------------------------------------------------------------------------------------- call
@@ -491,13 +477,13 @@ def _no_collate(batch):
     return batch
 
 
-def prepared_batches(processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str, num_workers: int):
-    """Yield each batch's features in order; `num_workers` > 0 prepares them in worker processes (DataLoader)."""
-    dataset = BatchPreparer(processor, items, batches, role)
-    if num_workers <= 0:
-        source = (dataset[b] for b in range(len(dataset)))
-    else:
-        source = torch.utils.data.DataLoader(
+def in_order(dataset: Any, num_workers: int):
+    """`dataset[0], dataset[1], ...` computed here (`num_workers` <= 0) or in that many DataLoader worker processes,
+    in order, 2 items ahead a worker (each item is already a whole batch: batch_size=None, no collation)."""
+    if num_workers <= 0 or len(dataset) < 2:
+        return (dataset[b] for b in range(len(dataset)))
+    return iter(
+        torch.utils.data.DataLoader(
             dataset,
             batch_size=None,
             shuffle=False,
@@ -506,7 +492,12 @@ def prepared_batches(processor: E5OmniProcessor, items: list, batches: list[list
             prefetch_factor=2,
             persistent_workers=False,
         )
-    for out in source:
+    )
+
+
+def prepared_batches(processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str, num_workers: int):
+    """Yield each batch's features in order; `num_workers` > 0 prepares them in worker processes (DataLoader)."""
+    for out in in_order(BatchPreparer(processor, items, batches, role), num_workers):
         for message, category in out["warnings"]:
             warnings.warn(message, category, stacklevel=3)
         if "error" in out:

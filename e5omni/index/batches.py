@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -117,47 +118,44 @@ class _Batches:
         return decode_and_process(self.processor, self.batches[b])
 
 
-def _prepared(processor: Any, batches: list[list[Any]], num_workers: int):
-    if num_workers == 0 or len(batches) < 2:
-        return (decode_and_process(processor, items) for items in batches)
-    from torch.utils.data import DataLoader
+@dataclass
+class ShardBatches:
+    """One shard's records and what its model batches gave, by position among its good records: vectors, failures
+    ((error type, reason)) and warnings. Both engines fill it batch by batch (`merge`); the writer reads it."""
 
-    # batch_size=None: each dataset item is already one model batch; in order; 2 batches ahead per worker
-    return iter(
-        DataLoader(
-            _Batches(processor, batches),
-            batch_size=None,
-            num_workers=min(num_workers, len(batches)),
-            prefetch_factor=2,
-            collate_fn=_as_is,
-        )
-    )
+    chunk: list[Record]
+    good: list[Record] = field(init=False)
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+    notes: dict[int, list[str]] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.good = [r for r in self.chunk if r.error is None]
 
-def _as_is(batch):
-    return batch
+    def batches(self, batch_size: int) -> list[list[Any]]:
+        """The items of the good records, `batch_size` at a time, in source order (the same cut for every engine)."""
+        return [[r.item for r in self.good[s : s + batch_size]] for s in range(0, len(self.good), batch_size)]
+
+    def merge(self, offset: int, kept: list[int], vectors, failures: dict, notes: dict) -> None:
+        """One batch's results, its positions shifted by `offset` (the batch's first good record)."""
+        for position, vector in zip(kept, vectors, strict=True):
+            self.vectors[offset + position] = vector
+        for position, (kind, reason) in failures.items():
+            self.failures[offset + int(position)] = (kind, reason)
+        for position, messages in notes.items():
+            self.notes[offset + int(position)] = list(messages)
 
 
 def embed_chunk(
     model: Any, records: list[Record], batch_size: int, truncate_dim: int | None, num_workers: int = 0
-) -> tuple[list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]], dict[int, list[str]]]:
-    """(good records, {position in good: vector}, {position in good: (error type, reason)}, {position in good:
-    [warning, ...]}) for one shard.
+) -> ShardBatches:
+    """One shard embedded here: decoded and processed in this process or, with `num_workers` > 0, in that many
+    worker processes, in order, while this process runs the forward of the batch before; the vectors are the same."""
+    from modeling_e5omni.processing_e5omni import in_order
 
-    `num_workers` > 0 decodes and processes the shard's batches in that many worker processes, in order, while this
-    process runs the forward of the batch before; the vectors are the same as with 0."""
-    good = [r for r in records if r.error is None]
-    batches = [[r.item for r in good[s : s + batch_size]] for s in range(0, len(good), batch_size)]
-    vectors: dict[int, np.ndarray] = {}
-    failures: dict[int, tuple[str, str]] = {}
-    notes: dict[int, list[str]] = {}
-    for number, (features, kept, failed, noted) in enumerate(_prepared(model.processor, batches, num_workers)):
-        offset = number * batch_size
-        for position, reason in failed.items():
-            failures[offset + position] = tuple(reason)
-        for position, messages in noted.items():
-            notes[offset + position] = list(messages)
-        if kept:
-            for position, vector in zip(kept, embed_features(model, features, truncate_dim), strict=True):
-                vectors[offset + position] = vector
-    return good, vectors, failures, notes
+    shard = ShardBatches(records)
+    batches = shard.batches(batch_size)
+    for number, (features, kept, failed, noted) in enumerate(in_order(_Batches(model.processor, batches), num_workers)):
+        vectors = embed_features(model, features, truncate_dim) if kept else []
+        shard.merge(number * batch_size, kept, vectors, failed, noted)
+    return shard

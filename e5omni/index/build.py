@@ -153,22 +153,21 @@ def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
 ENGINES = ("local", "ray")
 
 
-def _shard_entries(
-    number: int, chunk: list[Record], good: list[Record], vectors, failures, notes
-) -> tuple[list, list, list]:
-    """(rows, error lines, warning lines) of shard `number`: the same for every engine, so their files are
-    identical. An embedded item that raised warnings (truncated audio or text, ...) has one warning line each."""
+def _shard_entries(number: int, shard) -> tuple[list, list, list]:
+    """(rows, error lines, warning lines) of shard `number` (a `batches.ShardBatches`): the same for every engine,
+    so their files are identical. An embedded item that raised warnings (truncated audio or text, ...) has one
+    warning line each."""
     from e5omni.data.items import content_hash
 
     rows, errors, warned = [], [], []
-    for record in chunk:
+    for record in shard.chunk:
         if record.error is not None:
             errors.append(_error_line(record, *record.error, number))
-    for i, record in enumerate(good):
-        if i in failures:
-            errors.append(_error_line(record, *failures[i], number))
+    for i, record in enumerate(shard.good):
+        if i in shard.failures:
+            errors.append(_error_line(record, *shard.failures[i], number))
         else:
-            for message in notes.get(i, ()):
+            for message in shard.notes.get(i, ()):
                 warned.append({"id": record.id, "source": record.source, "warning": message, "shard": number})
             rows.append(
                 {
@@ -176,7 +175,7 @@ def _shard_entries(
                     "source": record.source,
                     "modalities": modality_names(record.item),
                     "content_hash": content_hash(record.item),
-                    "vector": vectors[i],
+                    "vector": shard.vectors[i],
                 }
             )
     return rows, errors, warned
@@ -185,15 +184,15 @@ def _shard_entries(
 def _local_engine(
     model, chunks: Iterator[tuple[int, list[Record]]], batch_size: int, truncate_dim: int | None, num_workers: int
 ):
-    """(number, chunk, good, vectors, failures) per shard, embedded in this process (decoded in `num_workers`
-    worker processes when > 0), in shard order."""
+    """(number, `batches.ShardBatches`) per shard, embedded in this process (decoded in `num_workers` worker
+    processes when > 0), in shard order."""
     from e5omni.index.batches import embed_chunk
 
     was_training = model.training
     model.eval()
     try:
         for number, chunk in chunks:
-            yield (number, chunk, *embed_chunk(model, chunk, batch_size, truncate_dim, num_workers))
+            yield number, embed_chunk(model, chunk, batch_size, truncate_dim, num_workers)
     finally:
         model.train(was_training)
 
@@ -271,17 +270,10 @@ def build_corpus(
     # the ray engine finishes shards out of order: the finished ones are a set, listed in shard order
     done = {_shard_number(s) for s in finished}
     # error and warning lines of the shards that finished stay; those of an interrupted shard are dropped (redone)
-    kept = {}
-    for name in (ERRORS, WARNINGS):
-        kept[name] = []
-        if (out / name).exists():
-            for line in (out / name).read_text().splitlines():
-                if line.strip() and json.loads(line)["shard"] in done:
-                    kept[name].append(line)
-        (out / name).write_text("".join(line + "\n" for line in kept[name]))
+    kept = {name: _keep_lines(out / name, done) for name in (ERRORS, WARNINGS)}
     summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept[ERRORS]))
-    summary.warned = len({json.loads(line)["id"] for line in kept[WARNINGS]})
-    summary.errors_by_type.update(json.loads(line)["error"] for line in kept[ERRORS])
+    summary.warned = len({entry["id"] for entry in kept[WARNINGS]})
+    summary.errors_by_type.update(entry["error"] for entry in kept[ERRORS])
 
     is_path = isinstance(source, (str, os.PathLike))
     records = iter_source(source, media_root) if is_path else iter(source)
@@ -320,8 +312,8 @@ def build_corpus(
         results = _local_engine(model, todo(), batch_size, truncate_dim, num_workers)
     with bar:
         try:
-            for number, chunk, good, vectors, failures, notes in results:
-                rows, errors, warned = _shard_entries(number, chunk, good, vectors, failures, notes)
+            for number, shard in results:
+                rows, errors, warned = _shard_entries(number, shard)
                 name = f"{number:05d}.parquet"
                 _write_shard(out / SHARDS / name, rows, dim)
                 for file, entries in ((ERRORS, errors), (WARNINGS, warned)):
@@ -336,17 +328,15 @@ def build_corpus(
                 summary.failed += len(errors)
                 summary.warned += len({entry["id"] for entry in warned})
                 summary.errors_by_type.update(entry["error"] for entry in errors)
-                bar.update(len(chunk))
+                bar.update(len(shard.chunk))
                 bar.set_postfix(failed=summary.failed)
                 if max_errors is not None and summary.failed > max_errors:
                     summary.stopped_early = True
                     break
         finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # the ray engine stops its pipeline (and the local cluster it started)
-    _sort_errors(out / ERRORS)
-    _sort_errors(out / WARNINGS)
+            results.close()  # the ray engine stops its pipeline (and the local cluster it started)
+    for name in (ERRORS, WARNINGS):
+        _sort_by_shard(out / name)
     summary.shards = len(finished)
     summary.seconds = time.perf_counter() - start
     manifest["finished"] = not summary.stopped_early
@@ -360,7 +350,15 @@ def build_corpus(
     return summary
 
 
-def _sort_errors(path: Path) -> None:
+def _keep_lines(path: Path, done: set[int]) -> list[dict[str, Any]]:
+    """Rewrite errors.jsonl / warnings.jsonl with only the lines of the shards in `done`; those lines, parsed."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [(line, entry) for line in lines if line.strip() and (entry := json.loads(line))["shard"] in done]
+    path.write_text("".join(line + "\n" for line, _ in kept))
+    return [entry for _, entry in kept]
+
+
+def _sort_by_shard(path: Path) -> None:
     """errors.jsonl / warnings.jsonl in shard order (stable within a shard), as an uninterrupted local run writes
     them."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]

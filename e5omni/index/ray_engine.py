@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import pickle
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from e5omni.index.batches import decode_and_process, embed_features
+from e5omni.index.batches import ShardBatches, decode_and_process, embed_features
 from e5omni.index.build import IndexBuildError
 from e5omni.index.sources import Record
 
@@ -89,7 +88,6 @@ class Embedder:
 
         self.model = load_inference_model(model_path).eval()
         self.fingerprint = model_fingerprint(self.model)
-        self.device = next(self.model.parameters()).device
         self.truncate_dim = truncate_dim
 
     def embed(self, blob: bytes) -> np.ndarray:
@@ -122,8 +120,8 @@ def ray_engine(
     fingerprint: str,
     address: str | None = None,
     num_actors: int | None = None,
-) -> Iterator[tuple[int, list[Record], list[Record], dict[int, np.ndarray], dict[int, tuple[str, str]]]]:
-    """(number, chunk, good, vectors, failures, notes) per shard, as `build._local_engine` yields them, in finishing order.
+) -> Iterator[tuple[int, ShardBatches]]:
+    """(number, shard) per shard, as `build._local_engine` yields them, in finishing order.
 
     Closing the generator stops the pipeline and shuts down the local cluster if this call started it."""
     try:
@@ -135,18 +133,16 @@ def ray_engine(
     batches: list[dict[str, Any]] = []
     empty = []
     for number, chunk in chunks:
-        good = [r for r in chunk if r.error is None]
-        n_batches = math.ceil(len(good) / batch_size)
-        pending[number] = {"chunk": chunk, "good": good, "left": n_batches, "vectors": {}, "failures": {}, "notes": {}}
-        if not n_batches:
+        shard = ShardBatches(chunk)
+        items = shard.batches(batch_size)
+        pending[number] = {"shard": shard, "left": len(items)}
+        if not items:
             empty.append(number)
-        for b in range(n_batches):
-            items = [r.item for r in good[b * batch_size : (b + 1) * batch_size]]
-            batches.append({"shard": number, "batch": b, "payload": pickle.dumps(items)})
+        for b, batch in enumerate(items):
+            batches.append({"shard": number, "batch": b, "payload": pickle.dumps(batch)})
 
     def finish(number: int):
-        state = pending.pop(number)
-        return number, state["chunk"], state["good"], state["vectors"], state["failures"], state["notes"]
+        return number, pending.pop(number)["shard"]
 
     for number in empty:  # nothing to embed: every record of the shard is an error of its source
         yield finish(number)
@@ -181,16 +177,9 @@ def ray_engine(
                 )
             number, b = int(row["shard"]), int(row["batch"])
             state = pending[number]
-            offset = b * batch_size
             kept = json.loads(row["kept"])
-            if kept:
-                vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(kept), -1)
-                for position, vector in zip(kept, vectors, strict=True):
-                    state["vectors"][offset + position] = vector
-            for position, (kind, reason) in json.loads(row["failures"]).items():
-                state["failures"][offset + int(position)] = (kind, reason)
-            for position, messages in json.loads(row["notes"]).items():
-                state["notes"][offset + int(position)] = list(messages)
+            vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(kept), -1) if kept else []
+            state["shard"].merge(b * batch_size, kept, vectors, json.loads(row["failures"]), json.loads(row["notes"]))
             state["left"] -= 1
             if state["left"] == 0:
                 yield finish(number)

@@ -288,16 +288,16 @@ class CorpusIndex:
         """faiss' (scores, row ids) of the top k for each query vector. ivfpq with its exact store: the codes pick
         RERANK_FACTOR x k candidates and the exact vectors rank them, so scores are exact cosines."""
         k = min(k, max(1, self.index.ntotal))
-        if self.exact is None or self.kind != "ivfpq":
+        if self.exact is None:  # only ivfpq keeps an exact store
             return self.index.search(vectors, k)
         return rerank(self.index, self._exact_rows, vectors, k)
 
     def _exact_rows(self, rows: np.ndarray) -> np.ndarray:
-        stored = len(self.exact)
-        if not self._added or rows.size == 0 or rows.max() < stored:
-            return np.asarray(self.exact[np.sort(rows)][np.argsort(np.argsort(rows))], np.float32)
-        added = np.concatenate(self._added)
-        return np.stack([self.exact[r] if r < stored else added[r - stored] for r in rows]).astype(np.float32)
+        """The full vectors of `rows`: from the memory-mapped store, or added since the last save."""
+        if self._added:
+            stored, added = len(self.exact), np.concatenate(self._added)
+            return np.stack([self.exact[r] if r < stored else added[r - stored] for r in rows])
+        return np.asarray(self.exact[rows])
 
     def add(self, model: Any, items: list[Any], ids: list[str], sources: list[str] | None = None) -> None:
         """Embed `items` as documents and append them (rows and vectors) to the loaded index; `save()` to persist."""
