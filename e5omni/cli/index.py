@@ -1,8 +1,10 @@
 """`e5omni index MODEL SOURCE --out DIR` and `e5omni search DIR --text ...`: embed a corpus, search it.
 
 Exit status of `index`: 0 when every item was embedded, 1 when some failed (they are in DIR/errors.jsonl, counted in
-the summary), 3 when `--max-errors` stopped the run early, 2 for a usage problem. `--engine ray` runs the same job on
-Ray Data (`e5omni.index.ray_engine`); Ray is imported only then.
+the summary), 3 when `--max-errors` stopped the run early, 2 for a usage problem (a changed source on --resume, a
+Ray cluster that cannot be reached, a damaged index folder). `--engine ray` runs the same job on Ray Data
+(`e5omni.index.ray_engine`); Ray is imported only then. `e5omni index --verify DIR` and `e5omni search --verify`
+check the index files against the sha256 sums in the manifest (exit 2 naming each file that does not match).
 """
 
 from __future__ import annotations
@@ -15,10 +17,49 @@ from typing import Any
 from e5omni.cli.common import load_inference_model, positive_int
 
 
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {number}")
+    return number
+
+
+def _verify(folder: str, command: str) -> int:
+    """0 when every file of the index matches the manifest's checksums; 2 (each problem printed) otherwise."""
+    from e5omni.index import IndexBuildError
+    from e5omni.index.search import verify_index
+
+    try:
+        problems = verify_index(folder)
+    except IndexBuildError as err:
+        print(f"e5omni {command}: {err}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"e5omni {command}: {folder}/{problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from e5omni.index import CorpusIndex, IndexBuildError, build_corpus
     from e5omni.index.search import TooFewVectorsError
 
+    if args.verify is not None:
+        if args.model is not None or args.source is not None:
+            print("e5omni index: --verify DIR takes no MODEL or SOURCE", file=sys.stderr)
+            return 2
+        status = _verify(args.verify, "index")
+        if status == 0:
+            print(f"{args.verify}: every file matches the manifest's sha256")
+        return status
+    if args.model is None or args.source is None or args.out is None:
+        print("e5omni index: give MODEL SOURCE --out DIR (or --verify DIR)", file=sys.stderr)
+        return 2
+    if args.rebuild_changed and not args.resume:
+        print("e5omni index: --rebuild-changed goes with --resume (it updates an existing index)", file=sys.stderr)
+        return 2
     if args.engine != "ray" and (args.ray_address is not None or args.ray_actors is not None):
         print("e5omni index: --ray-address / --ray-actors need --engine ray", file=sys.stderr)
         return 2
@@ -37,6 +78,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             truncate_dim=args.truncate_dim,
             resume=args.resume,
+            rebuild_changed=args.rebuild_changed,
             max_errors=args.max_errors,
             show_progress_bar=not args.no_progress,
             engine=args.engine,
@@ -82,13 +124,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     from e5omni.index import CorpusIndex, IndexBuildError
     from modeling_e5omni.inputs_e5omni import E5OmniInputError
 
+    if args.verify and _verify(args.dir, "search"):
+        return 2
     try:
         index = CorpusIndex.load(args.dir)
-        name = args.model or index.manifest["model"]["path"]
+        name = args.model or index.manifest["model"].get("path")
         if not name:
             raise ValueError("the manifest names no model path: pass --model")
+        try:
+            model = load_inference_model(name)
+        except (OSError, ValueError) as err:  # a folder that moved, a Hub id offline: transformers' OSError
+            where = "--model" if args.model else f"{args.dir}/manifest.json"
+            raise ValueError(
+                f"cannot load the model {name!r} (from {where}): {str(err).splitlines()[0] if str(err) else err}; "
+                "if it moved, pass --model NEW_PATH"
+            ) from err
         results = index.search(
-            load_inference_model(name),
+            model,
             _query(args),
             k=args.k,
             instruction=args.instruction,
@@ -109,20 +161,32 @@ def add_index_parsers(subparsers: Any) -> None:
     from e5omni.index import KINDS
 
     p = subparsers.add_parser("index", help="embed a folder or an item table into a searchable index folder")
-    p.add_argument("model", help="a saved e5-omni model folder or Hub id")
+    p.add_argument("model", nargs="?", help="a saved e5-omni model folder or Hub id")
     p.add_argument(
         "source",
+        nargs="?",
         help="a folder (walked recursively), a .jsonl / .csv / .parquet file of items, or hub:NAME[:SPLIT] "
         "(a Hugging Face dataset with text/image/audio/video columns)",
     )
-    p.add_argument("--out", required=True, help="the index folder (fresh, or an unfinished one with --resume)")
+    p.add_argument("--out", help="the index folder (fresh, or an unfinished one with --resume)")
+    p.add_argument(
+        "--verify",
+        metavar="DIR",
+        default=None,
+        help="check the shards and search files of index DIR against the manifest's sha256 sums (no MODEL, SOURCE)",
+    )
     p.add_argument("--media-root", default=None, help="folder media paths in a table are relative to")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--shard-size", type=positive_int, default=1024, help="items per Parquet shard (the resume unit)")
     p.add_argument("--truncate-dim", type=positive_int, default=None, help="Matryoshka: keep the first D components")
     p.add_argument("--index", choices=KINDS, default="flat", help="faiss index kind (default: exact inner product)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--max-errors", type=int, default=None, help="stop once more than N items have failed")
+    p.add_argument(
+        "--rebuild-changed",
+        action="store_true",
+        help="with --resume, when the source changed since: embed only new and modified items, drop deleted ones",
+    )
+    p.add_argument("--max-errors", type=non_negative_int, default=None, help="stop once more than N items have failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--engine",
@@ -158,5 +222,6 @@ def add_index_parsers(subparsers: Any) -> None:
     p.add_argument("--instruction", default=None, help="a query-side instruction")
     p.add_argument("-k", type=positive_int, default=10)
     p.add_argument("--calibrated", action="store_true", help="also report cos / tau(q, d)")
+    p.add_argument("--verify", action="store_true", help="first check the index files against the manifest's sha256")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_search)

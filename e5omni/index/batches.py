@@ -128,6 +128,8 @@ class ShardBatches:
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
     failures: dict[int, tuple[str, str]] = field(default_factory=dict)
     notes: dict[int, list[str]] = field(default_factory=dict)
+    #: the processor's modality mask of each embedded record (a video with its audio track: audio + video)
+    masks: dict[int, list[bool]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.good = [r for r in self.chunk if r.error is None]
@@ -136,10 +138,13 @@ class ShardBatches:
         """The items of the good records, `batch_size` at a time, in source order (the same cut for every engine)."""
         return [[r.item for r in self.good[s : s + batch_size]] for s in range(0, len(self.good), batch_size)]
 
-    def merge(self, offset: int, kept: list[int], vectors, failures: dict, notes: dict) -> None:
-        """One batch's results, its positions shifted by `offset` (the batch's first good record)."""
+    def merge(self, offset: int, kept: list[int], vectors, failures: dict, notes: dict, masks=()) -> None:
+        """One batch's results, its positions shifted by `offset` (the batch's first good record); `masks` the
+        processor's modality mask rows of the kept items, in their order."""
         for position, vector in zip(kept, vectors, strict=True):
             self.vectors[offset + position] = vector
+        for position, mask in zip(kept, masks, strict=False):
+            self.masks[offset + position] = [bool(m) for m in mask]
         for position, (kind, reason) in failures.items():
             self.failures[offset + int(position)] = (kind, reason)
         for position, messages in notes.items():
@@ -157,5 +162,6 @@ def embed_chunk(
     batches = shard.batches(batch_size)
     for number, (features, kept, failed, noted) in enumerate(in_order(_Batches(model.processor, batches), num_workers)):
         vectors = embed_features(model, features, truncate_dim) if kept else []
-        shard.merge(number * batch_size, kept, vectors, failed, noted)
+        masks = features["modality_mask"].tolist() if kept else []
+        shard.merge(number * batch_size, kept, vectors, failed, noted, masks)
     return shard

@@ -6,12 +6,24 @@ Layout of an index folder:
                            finished shards (rewritten atomically after every shard)
     shards/00000.parquet   id, source, modalities, content_hash, vector (float32, unit norm) per embedded item
     errors.jsonl           one line per item that could not be embedded: id, source, error type, message, shard
+    source.jsonl           the source's records as the run found them: id and stamp (a file's size:mtime, a row's
+                           hash), in order; with the manifest's `source.fingerprint` it tells a resume what changed
     index.faiss            the search index over every shard (written by `CorpusIndex.build`)
+
+The manifest holds the sha256 of every shard (and `CorpusIndex.save` those of the search files): `verify_index`
+(`e5omni index --verify DIR`, `e5omni search --verify`) checks them.
 
 Records are cut into shards of `shard_size` in the source's fixed order, so shard k always holds the same records:
 a killed run resumed with `resume=True` skips the finished shards, drops the error lines of the unfinished one, and
 redoes it, so every id ends up exactly once (in a shard or in errors.jsonl) with the same vector as an uninterrupted
 run. A bad item never stops the run; `max_errors` stops it early (with what was finished kept).
+
+A resume first compares the source's fingerprint (`sources.survey_source`) with the one the manifest holds: an edited
+source (rows inserted or deleted shift every later shard) is refused with `SourceChangedError`, which says what
+changed. `rebuild_changed=True` (`--resume --rebuild-changed`) then resumes by id instead of by shard position: the
+finished shards keep the rows whose id and stamp are still in the source, lose the deleted and modified ones, and
+every other record of the source (new, modified, never reached) is embedded into new shards after them. The manifest
+then says `"layout": "by-id"`, and later resumes of that folder work by id too.
 
 Engines: `local` embeds the shards one after the other in this process (decoding in `num_workers` worker processes
 when asked); `ray` (`e5omni.index.ray_engine`) runs the
@@ -22,6 +34,7 @@ feed the same writer: the shard files, the manifest and errors.jsonl are the sam
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -34,10 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from e5omni.index.sources import Record, count_source, iter_source
+from e5omni.index.sources import Record, iter_source
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
+SOURCE_LIST = "source.jsonl"
 WARNINGS = "warnings.jsonl"
 SHARDS = "shards"
 MANIFEST_FORMAT = "e5omni-index/1"
@@ -45,6 +59,15 @@ MANIFEST_FORMAT = "e5omni-index/1"
 
 class IndexBuildError(RuntimeError):
     """An index folder that cannot be written or resumed as asked (another model, another contract, not empty)."""
+
+
+class SourceChangedError(IndexBuildError):
+    """`--resume` of an index whose source changed since the run started (the message says what changed)."""
+
+
+class IndexDamagedError(IndexBuildError):
+    """A file of an index folder that is missing, unreadable, of another kind or not what the manifest recorded;
+    the message names the file and what is wrong."""
 
 
 @dataclass
@@ -97,14 +120,44 @@ def _model_entry(model: Any, model_path: str | None) -> dict[str, Any]:
     }
 
 
+#: Keys every manifest has, and what they are.
+MANIFEST_KEYS = {"model": dict, "contract": dict, "shards": list, "shard_size": int}
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise IndexBuildError(f"{out_dir} has no {MANIFEST}: not an e5omni index folder")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IndexDamagedError(f"{path}: not valid JSON ({err}); the index folder is damaged") from err
+    if not isinstance(manifest, dict):
+        raise IndexDamagedError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise IndexBuildError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            got = "missing" if key not in manifest else f"a {type(manifest[key]).__name__}"
+            raise IndexDamagedError(
+                f"{path}: key {key!r} is {got}, expected a {kind.__name__}; the manifest is damaged"
+            )
+    for number, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str) or "/" in shard["name"]:
+            raise IndexDamagedError(f"{path}: shards[{number}] is {shard!r}, expected {{'name': 'NNNNN.parquet', ...}}")
+    for key in ("dimension", "hidden_size"):
+        if not isinstance(manifest["contract"].get(key), int):
+            raise IndexDamagedError(f"{path}: contract.{key} is missing or not an integer; the manifest is damaged")
     return manifest
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -114,7 +167,11 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _error_line(record: Record, error_type: str, message: str, shard: int) -> dict[str, Any]:
-    return {"id": record.id, "source": record.source, "error": error_type, "message": message, "shard": shard}
+    line = {"id": record.id, "source": record.source, "error": error_type, "message": message, "shard": shard}
+    line["stamp"] = record.stamp
+    if record.raw_path is not None:
+        line["raw_path"] = record.raw_path
+    return line
 
 
 def modality_names(item: Any) -> list[str]:
@@ -125,15 +182,21 @@ def modality_names(item: Any) -> list[str]:
     return [m for m, present in zip(MODALITIES, item_modalities(item), strict=True) if present]
 
 
+def _mask_of(names: list[str]) -> list[bool]:
+    from modeling_e5omni.configuration_e5omni import MODALITIES
+
+    return [m in names for m in MODALITIES]
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
-def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
+def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> str:
+    """Write one shard atomically; its sha256."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     vectors = np.stack([r["vector"] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     table = pa.table(
@@ -141,13 +204,39 @@ def _write_shard(path: Path, rows: list[dict[str, Any]], dim: int) -> None:
             "id": pa.array([r["id"] for r in rows], pa.string()),
             "source": pa.array([r["source"] for r in rows], pa.string()),
             "modalities": pa.array([r["modalities"] for r in rows], pa.list_(pa.string())),
+            # the processor's modality mask (text, image, audio, video) after decoding: a video with its audio track
+            # is audio + video here; calibrated search scores use it (the training logits do)
+            "modality_mask": pa.array([r["modality_mask"] for r in rows], pa.list_(pa.bool_())),
             "content_hash": pa.array([r["content_hash"] for r in rows], pa.int64()),
+            "stamp": pa.array([r["stamp"] for r in rows], pa.string()),
+            "raw_path": pa.array([r["raw_path"] for r in rows], pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
         }
     )
+    return _write_table(path, table)
+
+
+def _write_table(path: Path, table) -> str:
+    import pyarrow.parquet as pq
+
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
+    return digest
+
+
+def _content_hash(item: Any) -> int:
+    """content_hash of an item; a path that is not UTF-8 (surrogate-escaped) hashes by its readable form."""
+    from e5omni.data.items import content_hash
+    from e5omni.index.sources import readable
+
+    try:
+        return content_hash(item)
+    except UnicodeEncodeError:
+        if isinstance(item, dict):
+            item = {k: readable(v) if isinstance(v, str) else v for k, v in item.items()}
+        return content_hash(item)
 
 
 ENGINES = ("local", "ray")
@@ -157,8 +246,6 @@ def _shard_entries(number: int, shard) -> tuple[list, list, list]:
     """(rows, error lines, warning lines) of shard `number` (a `batches.ShardBatches`): the same for every engine,
     so their files are identical. An embedded item that raised warnings (truncated audio or text, ...) has one
     warning line each."""
-    from e5omni.data.items import content_hash
-
     rows, errors, warned = [], [], []
     for record in shard.chunk:
         if record.error is not None:
@@ -169,12 +256,17 @@ def _shard_entries(number: int, shard) -> tuple[list, list, list]:
         else:
             for message in shard.notes.get(i, ()):
                 warned.append({"id": record.id, "source": record.source, "warning": message, "shard": number})
+            names = modality_names(record.item)
+            mask = shard.masks.get(i)
             rows.append(
                 {
                     "id": record.id,
                     "source": record.source,
-                    "modalities": modality_names(record.item),
-                    "content_hash": content_hash(record.item),
+                    "modalities": names,
+                    "modality_mask": list(mask) if mask is not None else _mask_of(names),
+                    "content_hash": _content_hash(record.item),
+                    "stamp": record.stamp,
+                    "raw_path": record.raw_path,
                     "vector": shard.vectors[i],
                 }
             )
@@ -212,6 +304,7 @@ def build_corpus(
     shard_size: int = 1024,
     truncate_dim: int | None = None,
     resume: bool = False,
+    rebuild_changed: bool = False,
     max_errors: int | None = None,
     show_progress_bar: bool = True,
     engine: str = "local",
@@ -227,6 +320,9 @@ def build_corpus(
     errors.jsonl are the same as the local engine's, and a run of one engine can be resumed by the other.
     `num_workers` > 0 (local engine) decodes media and runs the processor in that many worker processes, overlapped
     with the forward (`e5omni.index.batches.embed_chunk`); the vectors are the same.
+    `resume=True` continues an unfinished index of the same source; `rebuild_changed=True` (with it) brings an index
+    of a source edited since up to date by id (the module docstring). Nothing is written to `out_dir` before every
+    check has passed (a Ray cluster that cannot be reached leaves it as it was).
     """
     from tqdm.auto import tqdm
 
@@ -244,15 +340,28 @@ def build_corpus(
         raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     if engine == "ray" and num_workers:
         raise ValueError("num_workers is for the local engine: the ray engine decodes in Ray tasks (one per CPU)")
+    if max_errors is not None and (isinstance(max_errors, bool) or not isinstance(max_errors, int) or max_errors < 0):
+        raise ValueError(f"max_errors must be an integer >= 0 (stop once more than N items failed), got {max_errors!r}")
+    if rebuild_changed and not resume:
+        raise ValueError("rebuild_changed (--rebuild-changed) goes with resume (--resume): it updates an index")
     out = Path(out_dir)
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise IndexBuildError(f"{out} is a file, not an index folder")
     wanted = {
         "format": MANIFEST_FORMAT,
         "model": _model_entry(model, model_path),
         "contract": contract(model, truncate_dim),
     }
     wanted["shard_size"] = shard_size
+    is_path = isinstance(source, (str, os.PathLike))
+    # the source's fingerprint and record list (a listing for folders, row hashes for tables): nothing decoded
+    fingerprint, entries = (None, None)
+    if is_path:
+        from e5omni.index.sources import survey_source
+
+        fingerprint, entries = survey_source(source, media_root)
     finished: list[dict[str, Any]] = []
+    old: dict[str, Any] | None = None
     if (out / MANIFEST).exists():
         if not resume:
             raise IndexBuildError(f"{out} already holds an index; pass resume=True (--resume) to continue it")
@@ -262,34 +371,85 @@ def build_corpus(
                 raise IndexBuildError(
                     f"cannot resume {out}: its {key} {old[key]} differs from this run's {wanted[key]}"
                 )
-        if old["model"]["fingerprint"] != wanted["model"]["fingerprint"]:
-            raise IndexBuildError(f"cannot resume {out}: it was built with another model ({old['model']['path']})")
+        if old["model"].get("fingerprint") != wanted["model"]["fingerprint"]:
+            raise IndexBuildError(f"cannot resume {out}: it was built with another model ({old['model'].get('path')})")
         finished = old["shards"]
-    elif any(p for p in out.iterdir() if p.name != SHARDS) or any((out / SHARDS).iterdir()):
+    elif out.is_dir() and any(p for p in out.iterdir() if p.name != SHARDS or any(p.iterdir())):
         raise IndexBuildError(f"{out} is not empty and holds no manifest: index into a fresh folder")
+    changed = None
+    if old is not None and fingerprint is not None:
+        changed = _source_change(out, old, source, fingerprint, entries)
+        if changed is not None and not rebuild_changed:
+            raise SourceChangedError(
+                f"cannot resume {out}: {changed}. Resuming by shard would duplicate, miss or keep deleted items. "
+                "Run again with --resume --rebuild-changed (rebuild_changed=True) to embed only what changed and "
+                "drop what was deleted, or index into a fresh folder."
+            )
+    by_id = rebuild_changed or (old is not None and old.get("layout") == "by-id")
+    started_ray = False
+    if engine == "ray":  # reach the cluster before anything is written: a bad --ray-address leaves --out untouched
+        from e5omni.index.ray_engine import connect
+
+        started_ray = connect(ray_address)
+    try:
+        return _build(
+            model, source, out, wanted, old, finished, fingerprint, entries, by_id, is_path,
+            model_path=model_path, media_root=media_root, batch_size=batch_size, shard_size=shard_size,
+            truncate_dim=truncate_dim, max_errors=max_errors, show_progress_bar=show_progress_bar, engine=engine,
+            num_actors=num_actors, num_workers=num_workers, tqdm=tqdm,
+        )  # fmt: skip
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _build(model, source, out, wanted, old, finished, fingerprint, entries, by_id, is_path, *, model_path, media_root,
+           batch_size, shard_size, truncate_dim, max_errors, show_progress_bar, engine, num_actors, num_workers, tqdm):  # fmt: skip
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
     # the ray engine finishes shards out of order: the finished ones are a set, listed in shard order
     done = {_shard_number(s) for s in finished}
+    keep_ids: set[str] | None = None
+    keep = {ERRORS: None, WARNINGS: None}
+    if by_id:  # resume by id: finished shards keep the rows whose (id, stamp) the source still has
+        current = dict(entries) if entries is not None else {r.id: r.stamp for r in iter_source(source, media_root)}
+        keep_ids = _prune_by_id(out, finished, current)
+        keep[ERRORS] = lambda e: e.get("stamp") is not None and current.get(e["id"], ...) == e["stamp"]
+        keep[WARNINGS] = lambda e: e["id"] in keep_ids
     # error and warning lines of the shards that finished stay; those of an interrupted shard are dropped (redone)
-    kept = {name: _keep_lines(out / name, done) for name in (ERRORS, WARNINGS)}
+    kept = {name: _keep_lines(out / name, done, keep[name]) for name in (ERRORS, WARNINGS)}
     summary = BuildSummary(out, embedded=sum(s["rows"] for s in finished), failed=len(kept[ERRORS]))
     summary.warned = len({entry["id"] for entry in kept[WARNINGS]})
     summary.errors_by_type.update(entry["error"] for entry in kept[ERRORS])
+    if keep_ids is not None:
+        keep_ids |= {entry["id"] for entry in kept[ERRORS]}
 
-    is_path = isinstance(source, (str, os.PathLike))
     records = iter_source(source, media_root) if is_path else iter(source)
-    # a cheap first pass (file names or rows, nothing decoded) gives the progress bar its total and ETA
-    total = count_source(source, media_root) if is_path and show_progress_bar else None
+    total = fingerprint["records"] if fingerprint is not None and show_progress_bar else None
     dim = wanted["contract"]["dimension"]
     start = time.perf_counter()
     manifest = {**wanted, "shards": finished, "finished": False, "engine": engine}
+    if by_id:
+        manifest["layout"] = "by-id"
     if is_path:  # what `e5omni app DIR` shows the media of (an iterable of records has no such source)
         manifest["source"] = {
             "path": source if str(source).startswith("hub:") else str(Path(source).resolve()),
             "media_root": None if media_root is None else str(Path(media_root).resolve()),
+            "fingerprint": fingerprint,
         }
+        if entries is not None:
+            _write_source_list(out / SOURCE_LIST, entries)
+    write_json_atomic(out / MANIFEST, manifest)  # the source's fingerprint is known from the first shard on
     bar = tqdm(total=total, unit="item", desc=f"index ({engine})", disable=not show_progress_bar, dynamic_ncols=True)
 
     def todo() -> Iterator[tuple[int, list[Record]]]:
+        if keep_ids is not None:  # by id: what is not kept goes into new shards after the last finished one
+            first = max(done, default=-1) + 1
+            fresh = (r for r in records if r.id not in keep_ids or bar.update(1))
+            for offset, chunk in enumerate(_chunks(fresh, shard_size)):
+                yield first + offset, chunk
+            return
         for number, chunk in enumerate(_chunks(records, shard_size)):
             if number in done:
                 bar.update(len(chunk))
@@ -305,7 +465,6 @@ def build_corpus(
             batch_size=batch_size,
             truncate_dim=truncate_dim,
             fingerprint=wanted["model"]["fingerprint"],
-            address=ray_address,
             num_actors=num_actors,
         )
     else:
@@ -315,12 +474,12 @@ def build_corpus(
             for number, shard in results:
                 rows, errors, warned = _shard_entries(number, shard)
                 name = f"{number:05d}.parquet"
-                _write_shard(out / SHARDS / name, rows, dim)
-                for file, entries in ((ERRORS, errors), (WARNINGS, warned)):
+                digest = _write_shard(out / SHARDS / name, rows, dim)
+                for file, entries_ in ((ERRORS, errors), (WARNINGS, warned)):
                     with open(out / file, "a") as handle:  # before the manifest names the shard: a crash redoes it
-                        for entry in entries:
+                        for entry in entries_:
                             handle.write(json.dumps(entry) + "\n")
-                finished.append({"name": name, "rows": len(rows), "errors": len(errors)})
+                finished.append({"name": name, "rows": len(rows), "errors": len(errors), "sha256": digest})
                 finished.sort(key=_shard_number)
                 done.add(number)
                 write_json_atomic(out / MANIFEST, manifest)
@@ -334,7 +493,7 @@ def build_corpus(
                     summary.stopped_early = True
                     break
         finally:
-            results.close()  # the ray engine stops its pipeline (and the local cluster it started)
+            results.close()  # the ray engine stops its pipeline
     for name in (ERRORS, WARNINGS):
         _sort_by_shard(out / name)
     summary.shards = len(finished)
@@ -350,10 +509,104 @@ def build_corpus(
     return summary
 
 
-def _keep_lines(path: Path, done: set[int]) -> list[dict[str, Any]]:
-    """Rewrite errors.jsonl / warnings.jsonl with only the lines of the shards in `done`; those lines, parsed."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [(line, entry) for line in lines if line.strip() and (entry := json.loads(line))["shard"] in done]
+def _write_source_list(path: Path, entries: list[tuple[str, str | None]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        for rid, stamp in entries:
+            handle.write(json.dumps({"id": rid, "stamp": stamp}) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_source_list(path: Path) -> list[tuple[str, str | None]] | None:
+    if not path.is_file():
+        return None
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return None  # damaged: the change is then described by the digests only
+        out.append((entry["id"], entry["stamp"]))
+    return out
+
+
+def _examples(ids: list[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _source_change(out: Path, old: dict, source, fingerprint: dict, entries) -> str | None:
+    """None when the source is the one the index was started on; else what changed, in words."""
+    recorded = old.get("source") or {}
+    before = recorded.get("fingerprint")
+    path = source if str(source).startswith("hub:") else str(Path(source).resolve())
+    if recorded.get("path") not in (None, path):
+        return f"it was built from {recorded['path']}, this run's source is {path}"
+    if before is None:  # an index written before fingerprints: nothing to compare with
+        return None
+    if before.get("digest") == fingerprint["digest"]:
+        return None
+    old_entries = _read_source_list(out / SOURCE_LIST)
+    if entries is None or old_entries is None:
+        return (
+            f"its source changed since the run started (fingerprint {str(before.get('digest'))[:12]} -> "
+            f"{fingerprint['digest'][:12]}, {before.get('records')} -> {fingerprint['records']} records)"
+        )
+    was, now = dict(old_entries), dict(entries)
+    added = [i for i, _ in entries if i not in was]
+    removed = [i for i, _ in old_entries if i not in now]
+    modified = [i for i, s in entries if i in was and was[i] != s]
+    parts = []
+    for label, ids in (("added", added), ("removed", removed), ("modified", modified)):
+        if ids:
+            parts.append(f"{len(ids)} {label} ({_examples(ids)})")
+    if not parts:
+        return "its source changed since the run started: the same records in another order"
+    return "its source changed since the run started: " + ", ".join(parts)
+
+
+def _prune_by_id(out: Path, finished: list[dict], current: dict[str, str | None]) -> set[str]:
+    """Keep, in each finished shard, the rows whose id the source still has with the same stamp (rewriting the shard
+    without the others: deleted or modified); the ids kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    keep: set[str] = set()
+    for entry in finished:
+        path = out / SHARDS / entry["name"]
+        table = pq.read_table(path)
+        ids = table.column("id").to_pylist()
+        stamps = table.column("stamp").to_pylist() if "stamp" in table.column_names else [None] * len(ids)
+        mask = [s is not None and i in current and current[i] == s for i, s in zip(ids, stamps, strict=True)]
+        keep.update(i for i, m in zip(ids, mask, strict=True) if m)
+        if not all(mask):
+            entry["sha256"] = _write_table(path, table.filter(pc.equal(pa.array(mask), True)))
+            entry["rows"] = sum(mask)
+    return keep
+
+
+def _keep_lines(path: Path, done: set[int], keep: Any = None) -> list[dict[str, Any]]:
+    """Rewrite errors.jsonl / warnings.jsonl with only the lines of the shards in `done` (and, resuming by id, of the
+    records `keep(line)` says are unchanged); those lines, parsed. A last line cut short (a kill while it was appended, before the
+    manifest named its shard) is dropped; a damaged line before it is an IndexDamagedError naming it."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n") if path.exists() else []
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            shard = entry["shard"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            if number == len(lines) or all(not rest.strip() for rest in lines[number:]):
+                break  # torn by a kill: its shard was never finished
+            raise IndexDamagedError(f"{path} line {number}: not an error line ({err}); the file is damaged") from err
+        if shard not in done:
+            continue
+        if keep is not None and not keep(entry):
+            continue
+        kept.append((line, entry))
     path.write_text("".join(line + "\n" for line, _ in kept))
     return [entry for _, entry in kept]
 

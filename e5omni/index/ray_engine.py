@@ -72,6 +72,7 @@ def _decode_row(row: dict[str, Any], model_path: str) -> dict[str, Any]:
         "kept": json.dumps(kept),
         "failures": json.dumps({str(k): v for k, v in failures.items()}),
         "notes": json.dumps({str(k): v for k, v in notes.items()}),
+        "masks": json.dumps(features["modality_mask"].tolist() if features is not None else []),
     }
 
 
@@ -106,9 +107,29 @@ class Embedder:
             "kept": batch["kept"],
             "failures": batch["failures"],
             "notes": batch["notes"],
+            "masks": batch["masks"],
             "vectors": np.array(vectors, dtype=object),
             "fingerprint": np.array([self.fingerprint] * len(vectors), dtype=object),
         }
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` ("auto", "ray://host:10001"), the one this process already joined, or start a
+    local one (address None); True when this call started or joined it (the caller shuts it down after the job).
+    A cluster that cannot be reached is an IndexBuildError saying so, raised before the index folder is touched."""
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - the [index] extra installs it
+        raise ImportError("--engine ray needs Ray Data: pip install 'e5-omni[index]'") from err
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+        where = repr(address) if address else "a new local cluster"
+        hint = " (start one with `ray start --head`, or leave out --ray-address for a local one)" if address else ""
+        raise IndexBuildError(f"cannot reach the Ray cluster at {where}: {err}{hint}") from err
+    return True
 
 
 def ray_engine(
@@ -118,16 +139,11 @@ def ray_engine(
     batch_size: int,
     truncate_dim: int | None,
     fingerprint: str,
-    address: str | None = None,
     num_actors: int | None = None,
 ) -> Iterator[tuple[int, ShardBatches]]:
-    """(number, shard) per shard, as `build._local_engine` yields them, in finishing order.
-
-    Closing the generator stops the pipeline and shuts down the local cluster if this call started it."""
-    try:
-        import ray
-    except ImportError as err:  # pragma: no cover - the [index] extra installs it
-        raise ImportError("--engine ray needs Ray Data: pip install 'e5-omni[index]'") from err
+    """(number, shard) per shard, as `build._local_engine` yields them, in finishing order, on the cluster `connect`
+    joined. Closing the generator stops the pipeline."""
+    import ray
 
     pending: dict[int, dict[str, Any]] = {}
     batches: list[dict[str, Any]] = []
@@ -148,41 +164,35 @@ def ray_engine(
         yield finish(number)
     if not batches:
         return
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # build_corpus shows one bar for the whole job
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = num_actors or max(gpus, 1)
-        ds = ray.data.from_items(batches, override_num_blocks=min(len(batches), 4096))
-        # decode runs in CPU tasks of its own: Ray Data would otherwise fuse a task map into the actor map after
-        # it (decoding inside the embedding actors, one after the other); remote args from a function are never
-        # fused (ray.data._internal.logical.rules.operator_fusion.are_op_remote_args_compatible)
-        ds = ds.map(_decode_row, fn_kwargs={"model_path": model_path}, ray_remote_args_fn=_decode_task_args)
-        ds = ds.map_batches(
-            Embedder,
-            fn_constructor_kwargs={"model_path": model_path, "truncate_dim": truncate_dim},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            **({"num_gpus": 1} if gpus else {"num_cpus": 1}),
-        )
-        for row in ds.iter_rows():
-            if row["fingerprint"] != fingerprint:
-                raise IndexBuildError(
-                    f"the Ray actors loaded another model from {model_path} (fingerprint {row['fingerprint'][:12]}, "
-                    f"the driver's is {fingerprint[:12]}): did the folder change during the run?"
-                )
-            number, b = int(row["shard"]), int(row["batch"])
-            state = pending[number]
-            kept = json.loads(row["kept"])
-            vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(kept), -1) if kept else []
-            state["shard"].merge(b * batch_size, kept, vectors, json.loads(row["failures"]), json.loads(row["notes"]))
-            state["left"] -= 1
-            if state["left"] == 0:
-                yield finish(number)
-    finally:
-        if started:
-            ray.shutdown()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # build_corpus shows one bar for the whole job
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = num_actors or max(gpus, 1)
+    ds = ray.data.from_items(batches, override_num_blocks=min(len(batches), 4096))
+    # decode runs in CPU tasks of its own: Ray Data would otherwise fuse a task map into the actor map after
+    # it (decoding inside the embedding actors, one after the other); remote args from a function are never
+    # fused (ray.data._internal.logical.rules.operator_fusion.are_op_remote_args_compatible)
+    ds = ds.map(_decode_row, fn_kwargs={"model_path": model_path}, ray_remote_args_fn=_decode_task_args)
+    ds = ds.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"model_path": model_path, "truncate_dim": truncate_dim},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        **({"num_gpus": 1} if gpus else {"num_cpus": 1}),
+    )
+    for row in ds.iter_rows():
+        if row["fingerprint"] != fingerprint:
+            raise IndexBuildError(
+                f"the Ray actors loaded another model from {model_path} (fingerprint {row['fingerprint'][:12]}, "
+                f"the driver's is {fingerprint[:12]}): did the folder change during the run?"
+            )
+        number, b = int(row["shard"]), int(row["batch"])
+        state = pending[number]
+        kept = json.loads(row["kept"])
+        vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(kept), -1) if kept else []
+        failures, notes, masks = (json.loads(row[key]) for key in ("failures", "notes", "masks"))
+        state["shard"].merge(b * batch_size, kept, vectors, failures, notes, masks)
+        state["left"] -= 1
+        if state["left"] == 0:
+            yield finish(number)

@@ -21,7 +21,12 @@ The IVF kinds are trained on a seeded sample of at most 64 x nlist vectors (all 
 A search embeds the query with the model's query prompt and the index's truncation, after checking that the model is
 the one the index was built with (its fingerprint); a different model or dimension fails with a message that says so.
 Scores are cosines; `calibrated=True` also reports cos / tau(q, d), the model's training logits (README, "Calibrated
-scores").
+scores"), with the modality masks the processor gives after decoding (the shards' `modality_mask`; the query's from
+its own processing): a video with its audio track is calibrated as audio + video, as in training.
+
+Damaged files give an `IndexDamagedError` naming the file and what is wrong (a truncated or foreign index.faiss, a
+manifest missing keys, rows.json that does not parse); `verify_index` checks the sha256 of every shard and search file
+against the manifest.
 """
 
 from __future__ import annotations
@@ -35,7 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from e5omni.index.build import MANIFEST, SHARDS, IndexBuildError, modality_names, read_manifest, write_json_atomic
+from e5omni.index.build import (
+    MANIFEST,
+    SHARDS,
+    IndexBuildError,
+    IndexDamagedError,
+    file_sha256,
+    modality_names,
+    read_manifest,
+    write_json_atomic,
+)
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.json"
@@ -90,8 +104,12 @@ def read_shards(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], np.nda
     blocks = []
     dim = manifest["contract"]["dimension"]
     for shard in manifest["shards"]:
-        table = pq.read_table(Path(folder) / SHARDS / shard["name"])
-        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+        path = Path(folder) / SHARDS / shard["name"]
+        try:
+            table = pq.read_table(path)
+            vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+        except (OSError, ValueError, KeyError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise IndexDamagedError(f"{path}: not a readable shard of {dim}-d vectors ({err})") from err
         blocks.append(vectors.astype(np.float32, copy=False))
         rows += table.drop(["vector"]).to_pylist()
     vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
@@ -189,7 +207,10 @@ class CorpusIndex:
         (self.folder / (ROWS_FILE + ".tmp")).write_text(json.dumps(payload))
         os.replace(self.folder / (ROWS_FILE + ".tmp"), self.folder / ROWS_FILE)
         manifest = read_manifest(self.folder)
-        manifest["search_index"] = {"kind": self.kind, "vectors": int(self.index.ntotal)}
+        checksums = {name: file_sha256(self.folder / name) for name in (INDEX_FILE, ROWS_FILE)}
+        if self.exact is not None:
+            checksums[EXACT_FILE] = file_sha256(self.folder / EXACT_FILE)
+        manifest["search_index"] = {"kind": self.kind, "vectors": int(self.index.ntotal), "sha256": checksums}
         write_json_atomic(self.folder / MANIFEST, manifest)
         self.manifest = manifest
 
@@ -200,10 +221,20 @@ class CorpusIndex:
         manifest = read_manifest(folder)
         if not (folder / INDEX_FILE).is_file():
             raise IndexBuildError(f"{folder} has no {INDEX_FILE}; build it with CorpusIndex.build or e5omni index")
-        payload = json.loads((folder / ROWS_FILE).read_text())
-        index = faiss.read_index(str(folder / INDEX_FILE))
+        payload = _read_rows(folder / ROWS_FILE)
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE))
+        except RuntimeError as err:  # faiss' own error for a truncated or foreign file
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise IndexDamagedError(
+                f"{folder / INDEX_FILE}: not a readable faiss index (truncated, damaged or another kind of file: "
+                f"{first}); rebuild it (CorpusIndex.build, or e5omni index --resume)"
+            ) from err
+        dim = manifest["contract"]["dimension"]
+        if index.d != dim:
+            raise IndexDamagedError(f"{folder / INDEX_FILE}: holds {index.d}-d vectors, the manifest says {dim}")
         if index.ntotal != len(payload["rows"]):
-            raise IndexBuildError(
+            raise IndexDamagedError(
                 f"{folder}: {INDEX_FILE} holds {index.ntotal} vectors for {len(payload['rows'])} rows"
             )
         exact = None
@@ -236,13 +267,30 @@ class CorpusIndex:
             )
 
     def embed_query(self, model: Any, query: Any, instruction: str | None = None) -> np.ndarray:
+        return self._embed_query_with_mask(model, query, instruction)[0]
+
+    def _embed_query_with_mask(self, model: Any, query: Any, instruction: str | None) -> tuple[np.ndarray, list]:
+        """(1, D) query vector and its modality mask after decoding: `encode_query`'s path for one item (check,
+        decode under the budgets, the processor with the query prompt, forward), keeping the processor's mask."""
+        from e5omni.index.batches import embed_features
+        from modeling_e5omni.processing_e5omni import check_items
+
         item = {"text": query} if isinstance(query, str) else dict(query) if isinstance(query, dict) else query
         if instruction is not None:
             if not isinstance(item, dict):
                 item = {"image": item}
             item["instruction"] = instruction
-        truncate = self.manifest["contract"]["truncate_dim"]
-        return model.encode_query([item], show_progress_bar=False, truncate_dim=truncate).numpy().astype(np.float32)
+        processor = model.processor
+        (checked,) = check_items([item], model.config.modalities)
+        features = processor.process_decoded([processor.decode(checked, 0)], "query", indices=[0])
+        features = {key: value for key, value in features.items() if hasattr(value, "numpy")}
+        was_training = model.training
+        model.eval()
+        try:
+            vector = embed_features(model, features, self.manifest["contract"]["truncate_dim"])
+        finally:
+            model.train(was_training)
+        return vector, [bool(m) for m in features["modality_mask"][0].tolist()]
 
     def search(
         self,
@@ -265,20 +313,22 @@ class CorpusIndex:
                 raise ValueError(f"nprobe must be an integer in [1, {self.index.nlist}] (the lists), got {nprobe!r}")
             self.index.nprobe = nprobe
         self.check_model(model)
-        vector = self.embed_query(model, query, instruction)
+        vector, query_mask = self._embed_query_with_mask(model, query, instruction)
         scores, ids = self.ranked(vector, k)
-        results = []
+        results, masks = [], []
         for rank, (score, row_id) in enumerate(zip(scores[0], ids[0], strict=True), start=1):
             if row_id < 0:
                 continue
             row = self.rows[row_id]
             results.append(SearchResult(rank, float(score), row["id"], row["source"], list(row["modalities"])))
+            masks.append(row.get("modality_mask") or list(row["modalities"]))  # indexes before the mask: names
         if calibrated and results:
+            import torch
+
             from modeling_e5omni.modeling_e5omni import modality_mask_of
 
-            query_mods = modality_names(query)
             tau = model.pair_temperature(
-                modality_mask_of([query_mods], 1), modality_mask_of([r.modalities for r in results], len(results))
+                torch.tensor([query_mask], dtype=torch.bool), modality_mask_of(masks, len(results))
             )[0]
             for result, t in zip(results, tau.tolist(), strict=True):
                 result.calibrated = result.score / t
@@ -313,8 +363,52 @@ class CorpusIndex:
         self.index.add(vectors.astype(np.float32))
         if self.kind == "ivfpq" and self.exact is not None:
             self._added.append(vectors.astype(np.float32))
-        for item, rid, source in zip(items, ids, sources or ids, strict=True):
-            self.rows.append({"id": rid, "source": source, "modalities": modality_names(item), "content_hash": None})
+        masks = [processor_mask(model, item) for item in items]
+        for item, rid, source, mask in zip(items, ids, sources or ids, masks, strict=True):
+            row = {"id": rid, "source": source, "modalities": modality_names(item), "content_hash": None}
+            self.rows.append({**row, "modality_mask": mask})
+
+
+def processor_mask(model: Any, item: Any) -> list[bool]:
+    """The processor's modality mask of one document item after decoding (a video with sound: audio + video)."""
+    from modeling_e5omni.processing_e5omni import check_items
+
+    (checked,) = check_items([item], model.config.modalities)
+    return [bool(m) for m in model.processor.decode(checked, 0).modality_mask]
+
+
+def _read_rows(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise IndexDamagedError(f"{path} is missing: rebuild the search index (CorpusIndex.build, e5omni index)")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IndexDamagedError(f"{path}: not valid JSON ({err}); rebuild the search index") from err
+    if not isinstance(payload, dict) or payload.get("kind") not in KINDS or not isinstance(payload.get("rows"), list):
+        raise IndexDamagedError(f"{path}: expected {{'kind': one of {KINDS}, 'rows': [...]}}; rebuild the search index")
+    return payload
+
+
+def verify_index(folder: str | os.PathLike) -> list[str]:
+    """Problems found checking `folder` against its manifest: each shard's and search file's sha256 (recorded when
+    they were written), files missing. Empty when everything matches. A manifest that cannot be read raises."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    problems = []
+    expected = [(folder / SHARDS / s["name"], s.get("sha256")) for s in manifest["shards"]]
+    search_index = manifest.get("search_index") or {}
+    expected += [(folder / name, digest) for name, digest in (search_index.get("sha256") or {}).items()]
+    for path, digest in expected:
+        shown = path.relative_to(folder)
+        if not path.is_file():
+            problems.append(f"{shown}: missing")
+        elif digest is None:
+            problems.append(f"{shown}: no checksum in the manifest (written before checksums were recorded)")
+        elif (actual := file_sha256(path)) != digest:
+            problems.append(
+                f"{shown}: sha256 {actual[:12]}..., the manifest recorded {digest[:12]}... (changed or damaged)"
+            )
+    return problems
 
 
 def _write_exact(path: Path, vectors: np.ndarray) -> None:
