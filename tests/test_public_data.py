@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from e5omni.data import BadRowError, DataError, MissingMediaError, UnsafeMediaPathError, validate_example
-from e5omni.data.mixture import MixedExamples, MixtureError, load_mixture
+from e5omni.data.mixture import MixedExamples, MixtureError
 from e5omni.data.public import CaptionExamples, MMEBExamples, TevatronExamples
 from e5omni.data.specs import DataSpecError, load_data_spec
 from tests.cli_runs import logged_losses, run, train_args
@@ -309,7 +309,7 @@ def test_tevatron_legacy_text_form(tmp_path: Path):
     assert view.min_negatives() == 1
     rows[1]["positive_passages"] = []
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(BadRowError, match=r"bge\.jsonl row 1, column 'positive_passages': no positive passage"):
+    with pytest.raises(BadRowError, match=r"bge\.jsonl line 2, column 'positive_passages': no positive passage"):
         load_data_spec(f"tevatron:{path}")[1]
 
 
@@ -365,7 +365,7 @@ def test_caption_tables(captions: Path):
         "positive": {"video": str((captions / "msrvtt/videos/video3.mp4").resolve())},
     }
     (captions / "msrvtt" / "bad.csv").write_text("caption,video\nfine,videos/video0.mp4\n,videos/video1.mp4\n")
-    with pytest.raises(BadRowError, match=r"bad\.csv row 1, column 'caption': the caption is empty"):
+    with pytest.raises(BadRowError, match=r"bad\.csv line 3, column 'caption': the caption is empty"):
         load_data_spec(f"caption:{captions / 'msrvtt' / 'bad.csv'}")[1]
     (captions / "msrvtt" / "nomedia.csv").write_text("caption,video_id\nfine,video0\n")
     with pytest.raises(DataError, match="needs a media column"):
@@ -410,12 +410,12 @@ def test_mixture_weights_set_each_sources_share(mmeb: Path, tmp_path: Path):
     cirr_rows = [r for name, r in drawn if name == "cirr"]
     assert len(cirr_rows) == len(set(cirr_rows)) == 5 and set(cirr_rows) <= set(range(6))  # 5 of 6 rows, no repeats
     assert mix.min_negatives() == 0
-    again = load_mixture(tmp_path / "mix.yaml")
+    again = load_data_spec(f"mix:{tmp_path / 'mix.yaml'}")
     assert [again.source_of(i) for i in range(20)] == drawn  # seeded
-    with pytest.raises(MixtureError, match=r"mix2\.yaml source 0 \(cirr\): 'weight' must be a number > 0"):
-        load_mixture(_mixture_file(tmp_path / "mix2.yaml", [dict(sources[0], weight=0)]))
+    with pytest.raises(MixtureError, match=r"mix2\.yaml line \d+, source 0 \(cirr\): 'weight' must be a number > 0"):
+        load_data_spec(f"mix:{_mixture_file(tmp_path / 'mix2.yaml', [dict(sources[0], weight=0)])}")
     with pytest.raises(MixtureError, match=r"unknown key\(s\) \['wieght'\]"):
-        load_mixture(_mixture_file(tmp_path / "mix3.yaml", [{"spec": sources[0]["spec"], "wieght": 2}]))
+        load_data_spec(f"mix:{_mixture_file(tmp_path / 'mix3.yaml', [{'spec': sources[0]['spec'], 'wieght': 2}])}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

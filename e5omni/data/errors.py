@@ -88,3 +88,29 @@ def _where(source: str | None, row: int | None, column: str | None = None, unit:
 def _prefix(source: str | None, row: int | None, column: str | None = None, unit: str | None = None) -> str:
     where = _where(source, row, column, unit)
     return f"{where}: " if where else ""
+
+
+class Where:
+    """Where a value was read (file or "dataset", the 1-based line or the 0-based row, its unit), for error messages.
+
+    ``unit`` is "line" for JSON-lines / CSV files (a line number the user can jump to) and "row" for Arrow / Parquet
+    tables and `datasets` rows (0-based); ``None`` lets `_where` pick from the source.
+    """
+
+    __slots__ = ("source", "row", "unit")
+
+    def __init__(self, source: str | None, row: int | None, unit: str | None = None):
+        self.source, self.row, self.unit = source, row, unit
+
+    def __repr__(self) -> str:
+        return f"Where({_where(self.source, self.row, None, self.unit)!r})"
+
+    def __str__(self) -> str:
+        return _where(self.source, self.row, None, self.unit)
+
+    def error(self, message: str, column: str | None = None) -> BadRowError:
+        return BadRowError(message, source=self.source, row=self.row, column=column, unit=self.unit)
+
+    def place(self, column: str | None = None) -> dict:
+        """Keyword arguments naming this place (and ``column``) for the located errors and `resolve_media_path`."""
+        return {"source": self.source, "row": self.row, "column": column, "unit": self.unit}

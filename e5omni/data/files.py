@@ -12,6 +12,7 @@ from e5omni.data.columns import _schema_from_columns
 from e5omni.data.errors import BadRowError, DataError
 from e5omni.data.items import EXAMPLE_KEYS, ITEM_KEYS, MODALITIES, PASSTHROUGH_KEYS
 from e5omni.data.paths import resolve_media_path
+from e5omni.data.tables import decoded_lines
 
 
 def _parse_file_item(
@@ -91,23 +92,20 @@ def load_jsonl(
     """
     path = Path(path)
     root = Path(media_root) if media_root is not None else path.parent
-    source = path.name
+    source = str(path)
     examples: list[dict[str, Any]] = []
     rows: list[int] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BadRowError(
-                    f"not valid JSON ({err.msg} at column {err.colno})", source=source, row=line_no
-                ) from None
-            if not isinstance(record, dict):
-                raise BadRowError(f"expected a JSON object, got {type(record).__name__}", source=source, row=line_no)
-            examples.append(_parse_record(record, root=root, source=source, row=line_no, must_exist=check_files))
-            rows.append(line_no)
+    for line_no, line in decoded_lines(path, source):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadRowError(f"not valid JSON ({err.msg} at column {err.colno})", source=source, row=line_no) from None
+        if not isinstance(record, dict):
+            raise BadRowError(f"expected a JSON object, got {type(record).__name__}", source=source, row=line_no)
+        examples.append(_parse_record(record, root=root, source=source, row=line_no, must_exist=check_files))
+        rows.append(line_no)
     _check_negative_count(examples, rows, num_negatives, source)
     return examples
 
@@ -161,48 +159,56 @@ def load_csv(
     """
     path = Path(path)
     root = Path(media_root) if media_root is not None else path.parent
-    source = path.name
+    source = str(path)
     examples: list[dict[str, Any]] = []
     rows: list[int] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+    # decoded line by line (undecodable bytes name their line); the csv module joins quoted multi-line cells
+    reader = csv.reader(text for _, text in decoded_lines(path, source))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{source}: empty file; expected a header row") from None
+    except csv.Error as err:
+        raise BadRowError(f"not valid CSV ({err})", source=source, row=1) from None
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header):
+        raise DataError(f"{source}: duplicate column names in header {header}")
+    schema = _schema_from_columns(header, source, bare_is_text=True)
+    end = reader.line_num
+    while True:
+        line_no = end + 1  # the line the record starts on (a quoted cell may span several)
         try:
-            header = next(reader)
+            cells = next(reader)
         except StopIteration:
-            raise DataError(f"{source}: empty file; expected a header row") from None
-        header = [h.strip() for h in header]
-        if len(set(header)) != len(header):
-            raise DataError(f"{source}: duplicate column names in header {header}")
-        schema = _schema_from_columns(header, source, bare_is_text=True)
-        for cells in reader:
-            line_no = reader.line_num
-            if not any(c.strip() for c in cells):
-                continue  # blank line
-            if len(cells) != len(header):
-                raise BadRowError(
-                    f"expected {len(header)} cells (one per column), got {len(cells)}", source=source, row=line_no
-                )
-            record = dict(zip(header, cells))
-            items: dict[str, Any] = {}
-            for role, fields in schema.roles.items():
-                raw = {f: record[c] for f, c in fields.items() if record[c] != ""}
-                if not any(k in raw for k in MODALITIES):
-                    raise BadRowError(
-                        f"{role} is empty; expected a value in one of {sorted(fields.values())}",
-                        source=source,
-                        row=line_no,
-                    )
-                value: Any = raw["text"] if set(raw) == {"text"} else raw
-                items[role] = _parse_file_item(
-                    value, role=role, media_root=root, source=source, row=line_no, must_exist=check_files
-                )
-            example = schema.example(items)
-            for key, column in schema.passthrough.items():
-                if record[column] != "":
-                    example[key] = record[column]
-            examples.append(
-                {k: example[k] for k in ("query", "positive", "negatives", *PASSTHROUGH_KEYS) if k in example}
+            break
+        except csv.Error as err:
+            raise BadRowError(f"not valid CSV ({err})", source=source, row=line_no) from None
+        end = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue  # blank line
+        if len(cells) != len(header):
+            raise BadRowError(
+                f"expected {len(header)} cells (one per column), got {len(cells)}", source=source, row=line_no
             )
-            rows.append(line_no)
+        record = dict(zip(header, cells))
+        items: dict[str, Any] = {}
+        for role, fields in schema.roles.items():
+            raw = {f: record[c] for f, c in fields.items() if record[c] != ""}
+            if not any(k in raw for k in MODALITIES):
+                raise BadRowError(
+                    f"{role} is empty; expected a value in one of {sorted(fields.values())}",
+                    source=source,
+                    row=line_no,
+                )
+            value: Any = raw["text"] if set(raw) == {"text"} else raw
+            items[role] = _parse_file_item(
+                value, role=role, media_root=root, source=source, row=line_no, must_exist=check_files
+            )
+        example = schema.example(items)
+        for key, column in schema.passthrough.items():
+            if record[column] != "":
+                example[key] = record[column]
+        examples.append({k: example[k] for k in ("query", "positive", "negatives", *PASSTHROUGH_KEYS) if k in example})
+        rows.append(line_no)
     _check_negative_count(examples, rows, num_negatives, source)
     return examples

@@ -6,7 +6,6 @@ here (soundfile + soxr), because ``datasets``' own audio decoding needs torchcod
 
 from __future__ import annotations
 
-import io
 import operator
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from e5omni.data.columns import _COLUMN, _ROLE_ALIASES, _Schema, _schema_from_columns
-from e5omni.data.errors import BadRowError, DataError, UnsafeMediaPathError
+from e5omni.data.errors import BadRowError, DataError, Where
+from e5omni.data.features import DEFAULT_MAX_AUDIO_SECONDS, media_value_to_item, read_audio_bytes, video_frames
 from e5omni.data.items import (
     AUDIO_SAMPLING_RATE,
     ITEM_KEYS,
@@ -26,7 +25,6 @@ from e5omni.data.items import (
     PASSTHROUGH_KEYS,
     validate_example,
 )
-from e5omni.data.paths import resolve_media_path
 
 
 def _normalise_column_map(column_map: Mapping[str, Any], columns: Sequence[str]) -> _Schema:
@@ -103,15 +101,16 @@ def _struct_kinds(feature: dict, column: str) -> dict[str, str]:
 
 
 def _undecoded(feature: Any) -> Any:
-    """The same feature with Audio / Video (also inside an item struct) left undecoded: decoded here instead."""
+    """The same feature with Image / Audio / Video (also inside an item struct) left undecoded: converted by
+    `media_value_to_item` instead."""
     import datasets
 
     if isinstance(feature, datasets.Audio) and feature.decode:
         return datasets.Audio(decode=False)
     if isinstance(feature, datasets.Video) and feature.decode:
         return datasets.Video(decode=False)
-    if isinstance(feature, datasets.Image) and not feature.decode:
-        return datasets.Image(decode=True)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return datasets.Image(decode=False)  # `datasets` would decode it whole (no pixel cap) and read paths from cwd
     if _is_item_struct(feature):
         return {key: _undecoded(sub) for key, sub in feature.items()}
     return feature
@@ -170,6 +169,8 @@ class _RowConverter:
     _schema: _Schema
     _kinds: dict[str, str]
     _media_root: Path | None
+    _max_audio_seconds: float | None = None
+    _media_cache: Path | None = None
     source = "dataset"
 
     def _convert(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -186,14 +187,18 @@ class _RowConverter:
             column = fields["item"]
             value = row[column]
             if value is None:
-                raise BadRowError(f"{role}: column {column!r} is empty (None)", source=self.source, row=index)
+                raise BadRowError(
+                    f"{role}: column {column!r} is empty (None)", source=self.source, row=index, unit="row"
+                )
             kind = self._kinds[column]
             if kind == "struct":
                 return self._convert_struct(value, role, column, index)
             fld = kind.split("_")[0]
             converted = self._convert_value(value, kind, column, index)
             if fld == "text" and not converted.strip():
-                raise BadRowError(f"{role}: column {column!r} has empty text", source=self.source, row=index)
+                raise BadRowError(
+                    f"{role}: column {column!r} has empty text", source=self.source, row=index, unit="row"
+                )
             instruction = row[fields["instruction"]] if "instruction" in fields else None
             if instruction:
                 return {fld: converted, "instruction": instruction}
@@ -206,7 +211,10 @@ class _RowConverter:
             item[fld] = self._convert_value(value, self._kinds[column], column, index)
         if not any(k in item for k in MODALITIES):
             raise BadRowError(
-                f"{role} is empty; expected a value in one of {sorted(fields.values())}", source=self.source, row=index
+                f"{role} is empty; expected a value in one of {sorted(fields.values())}",
+                source=self.source,
+                row=index,
+                unit="row",
             )
         if set(item) == {"text"}:
             return item["text"]
@@ -219,6 +227,7 @@ class _RowConverter:
                 f"{role}: column {column!r} should hold a struct, got {type(value).__name__}",
                 source=self.source,
                 row=index,
+                unit="row",
             )
         item: dict[str, Any] = {}
         for key, sub in value.items():
@@ -226,82 +235,40 @@ class _RowConverter:
                 continue  # absent field, as an empty CSV cell
             item[key] = self._convert_value(sub, self._kinds[f"{column}.{key}"], f"{column}.{key}", index)
         if not any(k in item for k in MODALITIES):
-            raise BadRowError(f"{role}: struct column {column!r} holds no text or media", source=self.source, row=index)
+            raise BadRowError(
+                f"{role}: struct column {column!r} holds no text or media", source=self.source, row=index, unit="row"
+            )
         if isinstance(item.get("text"), str) and not item["text"].strip():
-            raise BadRowError(f"{role}: column '{column}.text' has empty text", source=self.source, row=index)
+            raise BadRowError(
+                f"{role}: column '{column}.text' has empty text", source=self.source, row=index, unit="row"
+            )
         return item["text"] if set(item) == {"text"} else item
 
     def _convert_value(self, value: Any, kind: str, column: str, index: int) -> Any:
+        where = Where(self.source, index, "row")
         if kind == "text":
             if not isinstance(value, str):
-                raise BadRowError(
-                    f"column {column!r}: expected a string, got {type(value).__name__}", source=self.source, row=index
-                )
+                raise where.error(f"expected a string, got {type(value).__name__}", column)
             return value
-        if kind == "image":
-            if not isinstance(value, Image.Image):
-                raise BadRowError(
-                    f"column {column!r}: expected an image, got {type(value).__name__}", source=self.source, row=index
-                )
-            return value
-        if kind.endswith("_path"):
-            if self._media_root is None:
-                raise DataError(f"column {column!r} holds media paths; pass media_root= to resolve them safely")
-            return str(resolve_media_path(self._media_root, value, source=self.source, row=index, column=column))
         if kind == "audio_struct":
             array = np.asarray(value["array"], dtype=np.float32)
             return {"array": array, "sampling_rate": int(value["sampling_rate"])}
         if kind == "audio_array":
             return np.asarray(value, dtype=np.float32)
-        if kind == "audio_feature":
-            return self._decode_audio_feature(value, column, index)
         if kind == "video_array":
-            return _as_uint8_frames(value, column, index)
-        if kind == "video_feature":
-            return self._video_feature_path(value, column, index)
-        raise AssertionError(kind)  # pragma: no cover - kinds come from _column_kind
-
-    def _feature_path(self, value: Mapping[str, Any], column: str, index: int) -> str | None:
-        path = value.get("path")
-        if not path:
-            return None
-        if self._media_root is None:
-            return str(path)  # written by `datasets` itself when the dataset was built from local files
-        real_root = self._media_root.resolve()
-        resolved = Path(path).resolve() if os.path.isabs(path) else None
-        if resolved is not None:
-            if real_root not in resolved.parents:
-                raise UnsafeMediaPathError(
-                    str(path), f"outside the media root {real_root}", source=self.source, row=index, column=column
-                )
-            return str(resolved)
-        return str(resolve_media_path(real_root, path, source=self.source, row=index, column=column))
-
-    def _decode_audio_feature(self, value: Mapping[str, Any], column: str, index: int) -> dict[str, Any]:
-        data = value.get("bytes")
-        if data is None:
-            path = self._feature_path(value, column, index)
-            if path is None:
-                raise BadRowError(f"column {column!r}: audio has neither bytes nor path", source=self.source, row=index)
-            with open(path, "rb") as handle:
-                data = handle.read()
-        try:
-            return {"array": decode_audio_bytes(data), "sampling_rate": AUDIO_SAMPLING_RATE}
-        except Exception as err:  # soundfile raises its own LibsndfileError
-            raise BadRowError(
-                f"column {column!r}: cannot decode audio ({err})", source=self.source, row=index
-            ) from None
-
-    def _video_feature_path(self, value: Any, column: str, index: int) -> str:
-        path = self._feature_path(value, column, index) if isinstance(value, Mapping) else None
-        if path is None:
-            raise BadRowError(
-                f"column {column!r}: a Video feature without a local path cannot be passed on; store frames as a "
-                "(T, H, W, 3) uint8 array column or files under media_root",
-                source=self.source,
-                row=index,
-            )
-        return path
+            return video_frames(value, where, column)
+        modality = kind.split("_")[0]  # image, image_path, audio_feature, audio_path, video_feature, video_path
+        if kind.endswith("_path") and self._media_root is None:
+            raise DataError(f"column {column!r} holds media paths; pass media_root= to resolve them safely")
+        return media_value_to_item(
+            value,
+            modality,
+            where=where,
+            column=column,
+            media_root=self._media_root,
+            max_audio_seconds=self._max_audio_seconds,
+            media_cache=self._media_cache,
+        )
 
 
 class HFExamples(_RowConverter, Sequence):
@@ -314,10 +281,21 @@ class HFExamples(_RowConverter, Sequence):
     once up front; ``list(view)`` materialises it.
     """
 
-    def __init__(self, ds: Any, schema: _Schema, kinds: dict[str, str], media_root: Path | None):
+    def __init__(
+        self,
+        ds: Any,
+        schema: _Schema,
+        kinds: dict[str, str],
+        media_root: Path | None,
+        *,
+        max_audio_seconds: float | None = None,
+        media_cache: str | os.PathLike | None = None,
+        source: str = "dataset",
+    ):
         self._schema = schema
         self._kinds = kinds
         self._media_root = media_root
+        self._max_audio_seconds, self._media_cache, self.source = max_audio_seconds, media_cache, source
         numpy_cols = [c for c, k in kinds.items() if k in ("audio_struct", "audio_array", "video_array")]
         # Audio/video list columns come back as Python lists by default; numpy format keeps float32 audio as is.
         # output_all_columns keeps the other columns in Python format (Image -> PIL).
@@ -346,34 +324,16 @@ class HFExamples(_RowConverter, Sequence):
             validate_example(self[i], i)
 
 
-def decode_audio_bytes(data: bytes) -> np.ndarray:
-    """Decode an audio file's bytes to mono float32 at 16 kHz (soundfile + soxr; no torchcodec needed)."""
-    import soundfile
+def decode_audio_bytes(data: bytes, max_seconds: float | None = None) -> np.ndarray:
+    """Decode an audio file's bytes to mono float32 at 16 kHz, read no further than ``max_seconds`` (default: the
+    model config's default ``max_audio_seconds``); soundfile, else PyAV, then soxr (no torchcodec needed)."""
     import soxr
 
-    array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    mono = array.mean(axis=1)
+    budget = DEFAULT_MAX_AUDIO_SECONDS if max_seconds is None else float(max_seconds)
+    array, rate, _ = read_audio_bytes(data, budget)
     if rate != AUDIO_SAMPLING_RATE:
-        mono = soxr.resample(mono, rate, AUDIO_SAMPLING_RATE)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def _as_uint8_frames(value: Any, column: str, index: int) -> np.ndarray:
-    """`datasets`' numpy format returns nested uint8 lists as int64; cast back, refusing out-of-range values."""
-    frames = np.asarray(value)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise BadRowError(
-            f"column {column!r}: expected video frames (T, H, W, 3), got shape {frames.shape}",
-            source="dataset",
-            row=index,
-        )
-    if frames.dtype != np.uint8:
-        if not np.issubdtype(frames.dtype, np.integer) or frames.size and (frames.min() < 0 or frames.max() > 255):
-            raise BadRowError(
-                f"column {column!r}: video frames must be integers in 0..255", source="dataset", row=index
-            )
-        frames = frames.astype(np.uint8)
-    return frames
+        array = soxr.resample(array, rate, AUDIO_SAMPLING_RATE)
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def from_hf_dataset(
@@ -381,6 +341,9 @@ def from_hf_dataset(
     column_map: Mapping[str, Any] | None = None,
     *,
     media_root: str | os.PathLike | None = None,
+    max_audio_seconds: float | None = None,
+    media_cache: str | os.PathLike | None = None,
+    source: str = "dataset",
 ) -> HFExamples:
     """View a ``datasets.Dataset`` as omni training examples (lazy; see HFExamples).
 
@@ -390,11 +353,15 @@ def from_hf_dataset(
     ``{"query": {"text": "caption"}, "positive": "image", "negatives": ["hard_image"]}``: a column name means "the
     whole item, typed by its feature", a dict maps item fields to columns.
 
-    Feature handling: ``Image`` -> PIL image; ``Audio`` -> decoded here from its bytes/path to a 16 kHz float32 array
-    (``datasets``' own audio decoding needs torchcodec); 1-D float lists and ``{"array", "sampling_rate"}`` structs ->
-    audio arrays (read through numpy format so they are ndarrays, not lists); 4-D uint8 lists -> video frames; string
-    columns -> text, or, when mapped to image/audio/video, paths resolved under ``media_root`` with the same safety
-    rules as files. A whole-item string column is always text.
+    Feature handling (``Image`` / ``Audio`` / ``Video`` values by `e5omni.data.features.media_value_to_item`: bytes
+    win over a stored path, a relative path is only resolved under ``media_root``): ``Image`` -> a lazily opened PIL
+    image; ``Audio`` -> decoded here, no further than ``max_audio_seconds`` (pass the model's
+    ``config.max_audio_seconds``; default 30), to ``{"array", "sampling_rate"}`` at the file's own rate (``datasets``'
+    own audio decoding needs torchcodec); ``Video`` bytes -> a file in ``media_cache`` named by their hash, passed on
+    as its path; 1-D float lists and ``{"array", "sampling_rate"}`` structs -> audio arrays (read through numpy format
+    so they are ndarrays, not lists); 4-D uint8 lists -> video frames; string columns -> text, or, when mapped to
+    image/audio/video, paths resolved under ``media_root`` with the same safety rules as files. A whole-item string
+    column is always text. ``source`` names the dataset in errors ("dataset row 3").
     """
     import datasets
 
@@ -406,7 +373,10 @@ def from_hf_dataset(
     if not isinstance(ds, datasets.Dataset):
         raise DataError(f"from_hf_dataset needs a datasets.Dataset, got {type(ds).__name__}")
     ds, schema, kinds = _prepare(ds, ds.features, column_map)
-    return HFExamples(ds, schema, kinds, Path(media_root) if media_root is not None else None)
+    root = Path(media_root) if media_root is not None else None
+    return HFExamples(
+        ds, schema, kinds, root, max_audio_seconds=max_audio_seconds, media_cache=media_cache, source=source
+    )
 
 
 def _prepare(ds: Any, features: Any, column_map: Mapping[str, Any] | None) -> tuple[Any, _Schema, dict[str, str]]:
@@ -444,10 +414,21 @@ class HFStream(_RowConverter):
 
     source = "stream"
 
-    def __init__(self, ds: Any, schema: _Schema, kinds: dict[str, str], media_root: Path | None, stream_id: int = 0):
+    def __init__(
+        self,
+        ds: Any,
+        schema: _Schema,
+        kinds: dict[str, str],
+        media_root: Path | None,
+        stream_id: int = 0,
+        *,
+        max_audio_seconds: float | None = None,
+        media_cache: str | os.PathLike | None = None,
+    ):
         import datasets
 
         self._schema, self._kinds, self._media_root = schema, kinds, media_root
+        self._max_audio_seconds, self._media_cache = max_audio_seconds, media_cache
         self.stream_id = stream_id
         features = datasets.Features(
             {**ds.features, "__row__": datasets.Value("int64"), "__stream__": datasets.Value("int64")}
@@ -471,6 +452,8 @@ def stream_hf_dataset(
     *,
     media_root: str | os.PathLike | None = None,
     stream_id: int = 0,
+    max_audio_seconds: float | None = None,
+    media_cache: str | os.PathLike | None = None,
 ) -> HFStream:
     """View a ``datasets.IterableDataset`` (streaming) as omni examples, with the columns rules of `from_hf_dataset`.
 
@@ -490,25 +473,81 @@ def stream_hf_dataset(
     if reserved:
         raise DataError(f"the stream already has column(s) {reserved}, which the trainer reserves")
     ds, schema, kinds = _prepare(ds, ds.features, column_map)
-    return HFStream(ds, schema, kinds, Path(media_root) if media_root is not None else None, stream_id)
+    root = Path(media_root) if media_root is not None else None
+    return HFStream(ds, schema, kinds, root, stream_id, max_audio_seconds=max_audio_seconds, media_cache=media_cache)
+
+
+def open_hf_dataset(
+    name: str,
+    split: str | None = None,
+    *,
+    default_split: str = "train",
+    revision: str | None = None,
+    **load_kwargs: Any,
+) -> Any:
+    """The ``datasets.Dataset`` that ``name`` names: a Hub dataset, a local ``datasets`` folder, or a folder written
+    by ``save_to_disk`` (of a ``Dataset`` or of a ``DatasetDict``), read with ``datasets.load_from_disk``.
+
+    ``split`` picks the split (``default_split`` when None). A ``save_to_disk`` folder of one ``Dataset`` is that one
+    split: an explicit ``split`` must then match the split it was saved with, when it recorded one.
+    """
+    import datasets
+
+    folder = Path(name)
+    if folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()):
+        with _quiet_progress():
+            loaded = datasets.load_from_disk(str(folder))
+        if isinstance(loaded, datasets.DatasetDict):
+            chosen = split or default_split
+            if chosen not in loaded:
+                raise DataError(f"{name}: no split {chosen!r} in this save_to_disk folder; it has {sorted(loaded)}")
+            return loaded[chosen]
+        saved = str(loaded.split) if loaded.split is not None else None
+        if split is not None and saved is not None and split != saved:
+            raise DataError(f"{name}: a save_to_disk folder of the {saved!r} split; asked for split {split!r}")
+        return loaded
+    return datasets.load_dataset(name, split=split or default_split, revision=revision, **load_kwargs)
+
+
+class _quiet_progress:
+    def __enter__(self):
+        import datasets
+
+        self.was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.utils.logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        import datasets
+
+        if self.was_enabled:
+            datasets.utils.logging.enable_progress_bar()
 
 
 def load_hub_dataset(
     name: str,
-    split: str = "train",
+    split: str | None = None,
     *,
+    default_split: str = "train",
     revision: str | None = None,
     column_map: Mapping[str, Any] | None = None,
     media_root: str | os.PathLike | None = None,
+    max_audio_seconds: float | None = None,
+    media_cache: str | os.PathLike | None = None,
     **load_kwargs: Any,
 ) -> HFExamples:
-    """Load a dataset from the Hugging Face Hub (or a local ``datasets`` folder) and view it as omni examples.
+    """Load a dataset from the Hugging Face Hub, a local ``datasets`` folder or a ``save_to_disk`` folder (see
+    `open_hf_dataset`) and view it as omni examples (`from_hf_dataset`; a folder's errors name the folder).
 
     This is the one function here that may reach the network, and only because the caller names a dataset. Pin
     ``revision=`` (a commit sha) for reproducible training: a dataset repo can change under the same name.
     ``load_kwargs`` go to ``datasets.load_dataset`` unchanged (e.g. ``name=`` for a config, ``data_dir=``).
     """
-    import datasets
-
-    ds = datasets.load_dataset(name, split=split, revision=revision, **load_kwargs)
-    return from_hf_dataset(ds, column_map, media_root=media_root)
+    ds = open_hf_dataset(name, split, default_split=default_split, revision=revision, **load_kwargs)
+    return from_hf_dataset(
+        ds,
+        column_map,
+        media_root=media_root,
+        max_audio_seconds=max_audio_seconds,
+        media_cache=media_cache,
+        source=name if Path(name).is_dir() else "dataset",
+    )

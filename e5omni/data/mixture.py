@@ -22,7 +22,7 @@ are read from the current directory, like every other path of a recipe.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,29 +100,43 @@ class MixedExamples(Sequence):
         return view
 
 
+LoadSpec = Callable[[str, "str | os.PathLike | None"], Sequence[dict]]
+"""``load_spec(spec, media_root) -> examples``: how a source's spec is read (`load_data_spec`, bound to the
+command's split and budgets, passed in by `e5omni.data.specs` so this module does not import it)."""
+
+
 def load_mixture(
-    path: str | os.PathLike, *, media_root: str | os.PathLike | None = None, split: str = "train"
+    path: str | os.PathLike, load_spec: LoadSpec, *, media_root: str | os.PathLike | None = None
 ) -> MixedExamples:
-    """Read a mixture file (module docstring) and load each source through `load_data_spec`."""
+    """Read a mixture file (module docstring) and load each source with ``load_spec`` (use
+    ``load_data_spec("mix:FILE")``, which passes its own). Errors name the file and the line of the source."""
     import yaml
 
-    from e5omni.data.specs import load_data_spec
+    from e5omni.data.tables import decoded_lines
 
     path = Path(path)
     if not path.is_file():
         raise MixtureError(f"mixture file {str(path)!r} not found")
+    name = str(path)
+    text = "".join(line for _, line in decoded_lines(path, name))  # undecodable bytes: BadRowError naming the line
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        config = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise MixtureError(f"{path.name}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise MixtureError(f"{name}{at}: not valid YAML ({problem})") from None
     if not isinstance(config, dict) or not isinstance(config.get("sources"), list):
-        raise MixtureError(f"{path.name}: expected a mapping with a 'sources' list")
+        raise MixtureError(f"{name}: expected a mapping with a 'sources' list")
     unknown = sorted(set(config) - {"seed", "size", "sources"})
     if unknown:
-        raise MixtureError(f"{path.name}: unknown key(s) {unknown}; expected seed, size, sources")
+        raise MixtureError(f"{name}: unknown key(s) {unknown}; expected seed, size, sources")
+    source_lines = _source_lines(node)
     loaded = []
     for j, source in enumerate(config["sources"]):
-        where = f"{path.name} source {j}"
+        line = source_lines[j] if j < len(source_lines) else None
+        where = f"{name} line {line}, source {j}" if line is not None else f"{name} source {j}"
         if not isinstance(source, dict):
             raise MixtureError(f"{where}: expected a mapping with 'spec' and 'weight'")
         bad = sorted(set(source) - set(SOURCE_KEYS))
@@ -138,17 +152,29 @@ def load_mixture(
         take = source.get("examples")
         if take is not None and (isinstance(take, bool) or not isinstance(take, int) or take < 1):
             raise MixtureError(f"{where} ({name}): 'examples' must be an integer >= 1, got {take!r}")
-        examples = load_data_spec(spec, split=split, media_root=source.get("media_root", media_root))
+        examples = load_spec(spec, source.get("media_root", media_root))
         if take is not None and take < len(examples):
             examples = _Head(examples, take)
         loaded.append((name, examples, float(weight if weight is not None else len(examples))))
     size = config.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise MixtureError(f"{path.name}: 'size' must be an integer >= 1, got {size!r}")
+        raise MixtureError(f"{name}: 'size' must be an integer >= 1, got {size!r}")
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MixtureError(f"{path.name}: 'seed' must be an integer, got {seed!r}")
+        raise MixtureError(f"{name}: 'seed' must be an integer, got {seed!r}")
     return MixedExamples(loaded, size=size, seed=seed)
+
+
+def _source_lines(node) -> list[int]:
+    """The 1-based line of each entry of the YAML document's ``sources`` list."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    for key, value in node.value:
+        if getattr(key, "value", None) == "sources" and isinstance(value, yaml.SequenceNode):
+            return [entry.start_mark.line + 1 for entry in value.value]
+    return []
 
 
 class _Head(Sequence):

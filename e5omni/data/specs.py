@@ -2,7 +2,7 @@
 
     synthetic:train | synthetic:test     the bundled generated set (e5omni.data.synthetic)
     FILE.jsonl | FILE.json | FILE.csv    our file schema (docs/data.md); media paths confined to `media_root`
-    hub:NAME[:split]                     a Hugging Face dataset in our column layout (or a column map)
+    hub:NAME[:split]                     a Hugging Face dataset in our column layout, or a save_to_disk folder
     mmeb:PATH[?split=original]           VLM2Vec's MMEB-train as it ships (a Parquet file or a folder of them)
     tevatron:PATH[?corpus=C&assets=A]    Tevatron's OmniEmbed format (queries + corpus), or its legacy text form
     caption:PATH                         a caption table (AudioCaps, MSR-VTT): `caption` + audio / video / image
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e5omni.data import DataError
+from e5omni.data.errors import DataError
 
 SYNTHETIC_SPLITS = ("train", "test")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -46,23 +46,39 @@ def load_data_spec(
     synthetic_seed: int = 0,
     synthetic_difficulty: float | None = None,
     synthetic_pairs: Sequence[str] | None = None,
+    max_audio_seconds: float | None = None,
+    media_cache: str | os.PathLike | None = None,
 ) -> Sequence[dict[str, Any]]:
     """Examples named by `spec` (see the module docstring).
 
         `split` is the default split for `hub:` specs without one. `synthetic_size` examples are generated for
         `synthetic:train` (None: the generator's default; the test split always has its fixed size); `synthetic_pairs`
     restricts the synthetic set to some modality pairs (e.g. without audio for a Qwen2-VL backbone). `limit` keeps the
-        first examples. Raises `DataSpecError` for a spec that cannot be read and when nothing is left.
+        first examples. `max_audio_seconds` (the model's `config.max_audio_seconds`) bounds the decoding of audio
+        stored as bytes in `hub:` / public tables; `media_cache` is where video bytes are written to be decoded as
+        files (`e5omni.data.features`). Raises `DataSpecError` for a spec that cannot be read and when nothing is
+        left.
     """
     if not isinstance(spec, str) or not spec:
         raise DataSpecError(f"expected a data spec ({SPEC_FORMS}), got {spec!r}")
     prefix = spec.split(":", 1)[0]
     if prefix in SPEC_OPTIONS:
         examples = _load_public(spec, prefix, media_root)
+        if max_audio_seconds is not None or media_cache is not None:
+            examples = examples.with_media_budget(max_audio_seconds, media_cache)
     elif prefix == "mix":
         from e5omni.data.mixture import load_mixture
 
-        examples = load_mixture(spec[4:], media_root=media_root, split=split)
+        def load_source(source_spec: str, source_root: str | os.PathLike | None) -> Sequence[dict[str, Any]]:
+            return load_data_spec(
+                source_spec,
+                split=split,
+                media_root=source_root,
+                max_audio_seconds=max_audio_seconds,
+                media_cache=media_cache,
+            )
+
+        examples = load_mixture(spec[4:], load_source, media_root=media_root)
     elif spec.startswith("synthetic:"):
         from e5omni.data.synthetic import build_synthetic
 
@@ -79,7 +95,14 @@ def load_data_spec(
         name, _, hub_split = spec[4:].partition(":")
         if not name:
             raise DataSpecError(f"{spec!r} names no dataset; use hub:NAME[:split]")
-        examples = load_hub_dataset(name, hub_split or split, media_root=media_root)
+        examples = load_hub_dataset(
+            name,
+            hub_split or None,
+            default_split=split,
+            media_root=media_root,
+            max_audio_seconds=max_audio_seconds,
+            media_cache=media_cache,
+        )
     else:
         from e5omni.data import load_csv, load_jsonl
 
