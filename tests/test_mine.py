@@ -329,7 +329,14 @@ def test_a_corpus_index_is_the_pool_and_its_copies_of_the_positive_are_removed(m
         {"query": f"query {i}", "positive": f"document {i} about a {['red', 'blue'][i % 2]} shape"} for i in range(4)
     ]  # noqa: E501
     out = tmp_path / "mined.jsonl"
-    kwargs = {"model_path": str(model_dir)} if engine == "ray" else {}
+    kwargs = {}
+    if engine == "ray":  # the actors load the model from its folder: the driver embeds queries with the same one
+        from e5omni.cli.common import load_inference_model
+
+        model, kwargs = load_inference_model(str(model_dir)), {"model_path": str(model_dir)}
+        build_corpus(model, folder, tmp_path / "index-ray", show_progress_bar=False)
+        index_dir = tmp_path / "index-ray"
+        CorpusIndex.build(index_dir)
     summary = mine(
         model, examples, out, corpus=index_dir, engine=engine, rules=MineRules(num_negatives=2, range_max=9),
         show_progress_bar=False, **kwargs,
