@@ -7,6 +7,7 @@ initialisation and whether whitening is applied.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -80,8 +81,20 @@ class E5OmniConfig(PreTrainedConfig):
     image_formats (`list[str]`):
         Allow-list of image container formats.
     allow_remote_media (`bool`, defaults to `False`):
-        Whether URL strings in media keys may be fetched. Off: nothing reaches the network. On: http(s) only
-        (other schemes are refused), at most `max_remote_bytes` per body (default 200 MB), failures typed.
+        Whether URL strings in media keys may be fetched. Off: nothing reaches the network. On: http(s) only, on
+        every redirect hop too (other schemes are refused), at most `max_remote_bytes` per body (default 200 MB),
+        failures typed (`RemoteMediaError`, its `rule` says which check refused). See docs/remote-media.md.
+    allow_private_remote_media (`bool`, defaults to `False`):
+        Whether hosts resolving to loopback, private, link-local, shared (100.64/10), site-local or reserved
+        addresses may be fetched (a host is refused when ANY of its addresses is one). Unspecified (0.0.0.0, ::),
+        multicast and broadcast addresses are never fetched.
+    allowed_remote_networks (`list[str]`, *optional*):
+        Networks (CIDR, e.g. `"10.20.0.0/16"`, or single addresses) fetched although they are not public: a narrower
+        opt-in than `allow_private_remote_media` (an intranet media server, but not 169.254.169.254).
+    remote_timeout_seconds (`float`, defaults to 30):
+        Total time one fetch may take: name resolution, connection, TLS, every redirect hop and the whole body.
+    max_remote_redirects (`int`, defaults to 5):
+        Redirects followed for one URL; each hop passes the same scheme, address and size checks.
     """
 
     model_type = "e5omni"
@@ -116,6 +129,10 @@ class E5OmniConfig(PreTrainedConfig):
     image_formats: list[str] | None = None
     allow_remote_media: bool = False
     max_remote_bytes: int = 200_000_000
+    allow_private_remote_media: bool = False
+    allowed_remote_networks: list[str] | None = None
+    remote_timeout_seconds: float = 30.0
+    max_remote_redirects: int = 5
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -141,6 +158,20 @@ class E5OmniConfig(PreTrainedConfig):
         for name in ("max_pixels", "min_pixels", "max_frames", "max_length", "max_decode_pixels", "max_remote_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (isinstance(self.remote_timeout_seconds, int | float) and 0 < self.remote_timeout_seconds < math.inf):
+            raise ValueError(f"remote_timeout_seconds must be a positive number, got {self.remote_timeout_seconds!r}")
+        if isinstance(self.max_remote_redirects, bool) or not (
+            isinstance(self.max_remote_redirects, int) and 0 <= self.max_remote_redirects <= 30
+        ):
+            raise ValueError(f"max_remote_redirects must be an integer in [0, 30], got {self.max_remote_redirects!r}")
+        for position, network in enumerate(self.allowed_remote_networks or []):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"allowed_remote_networks[{position}] must be a network like '10.20.0.0/16' or an address, "
+                    f"got {network!r}"
+                ) from err
         if self.video_max_pixels is None:
             self.video_max_pixels = self.max_pixels
         if self.video_min_pixels is None:

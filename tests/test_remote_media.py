@@ -85,6 +85,7 @@ def remote_model():
     saved, processor_saved = model.config, model.processor.config
     config = copy.deepcopy(saved)
     config.allow_remote_media, config.max_remote_bytes = True, LIMIT
+    config.allow_private_remote_media = True  # the server is on loopback
     model.config, model.processor.config = config, config
     yield model
     model.config, model.processor.config = saved, processor_saved
