@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import PILImageResampling
 
@@ -107,6 +106,10 @@ class _Rendered:
     head_length: int = 0  # characters of `template` before the text part
 
 
+class ResizeRuleError(RuntimeError):
+    """The backbone processor resized media to another size than e5-omni predicted (a changed transformers rule)."""
+
+
 # ------------------------------------------------------------------------------------------------- the processor
 def _smart_resize_of(processor: Any):
     """(smart_resize, factor) of a Qwen image / video processor that resizes with torchvision bicubic + antialias
@@ -130,10 +133,13 @@ class E5OmniProcessor:
     Loadable with `AutoProcessor.from_pretrained(path, trust_remote_code=True)`.
     """
 
-    def __init__(self, backbone_processor, config: E5OmniConfig):
+    def __init__(self, backbone_processor, config: E5OmniConfig, pre_resize: bool = True):
         self.backbone_processor = backbone_processor
         self.config = config
         self.tokenizer = backbone_processor.tokenizer
+        #: Resize images and video frames to the backbone processor's target size as they are decoded (`decode`);
+        #: every batch then checks that the processor's grids are what that prediction said (`ResizeRuleError`).
+        self.pre_resize = pre_resize
 
     # ------------------------------------------------------------------------------------------ persistence
     _auto_class = "AutoProcessor"
@@ -165,8 +171,8 @@ class E5OmniProcessor:
             for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
             if k in kwargs
         }
-        if config is None:
-            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, trust_remote_code=True, **hub_kwargs)
+        if config is None:  # our own config class: no Auto lookup, so no remote code is asked for
+            config = E5OmniConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not isinstance(config, E5OmniConfig) and getattr(config, "model_type", None) != "e5omni":
             raise ValueError(f"{pretrained_model_name_or_path} is not an e5-omni checkpoint (config.model_type)")
         resolved = cached_file(pretrained_model_name_or_path, PROCESSOR_CONFIG, **hub_kwargs)
@@ -174,11 +180,9 @@ class E5OmniProcessor:
             class_name = json.load(handle).get("backbone_processor_class")
         if class_name not in ("Qwen2_5OmniProcessor", "Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
             raise ValueError(f"unsupported backbone processor class {class_name!r} in {PROCESSOR_CONFIG}")
-        # The folder is an e5-omni repo the caller already chose to load; its tokenizer and processors are stock
-        # transformers classes, so trusting its config here runs no code of the repo.
-        backbone = getattr(transformers, class_name).from_pretrained(
-            pretrained_model_name_or_path, trust_remote_code=True, **hub_kwargs
-        )
+        # The backbone processor, tokenizer and media processors are stock transformers classes, loaded by class:
+        # nothing here asks for remote code (the caller opted in, or not, for our own classes only).
+        backbone = getattr(transformers, class_name).from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         return cls(backbone, config)
 
     # ---------------------------------------------------------------------------------------------- messages
@@ -304,6 +308,8 @@ class E5OmniProcessor:
         right after it is decoded (`image_size`), to the sizes the backbone processor would resize them to, with its
         resize (torchvision bicubic + antialias on uint8): the processor's own resize is then the identity, and a
         36 MP photo costs its decoded pixels once instead of the processor's copies of them (peak 620 -> ~250 MB)."""
+        if not self.pre_resize:
+            return normalize_item(item, index, self.config)
         out = normalize_item(item, index, self.config, frame_size=self.video_frame_size)
         if out.image is not None:
             size = self.image_size(out.image.height, out.image.width)
@@ -380,12 +386,54 @@ class E5OmniProcessor:
             kwargs["audio"] = audio
             kwargs["audio_kwargs"] = {"sampling_rate": SAMPLING_RATE}
         batch = self.backbone_processor(**kwargs)
+        if self.pre_resize:
+            self._check_resize(batch, decoded, where)
         self._splice_text(batch, rendered)
         batch["modality_mask"] = torch.tensor([d.modality_mask for d in decoded], dtype=torch.bool)
         if with_track:  # which rows' videos carry their audio (the model's position ids), and audio rows per item
             batch["video_audio"] = torch.tensor([d.video_audio is not None for d in decoded], dtype=torch.bool)
             batch["audio_rows"] = torch.tensor([d.audio_rows for d in decoded], dtype=torch.long)
         return batch
+
+    def _check_resize(self, batch, decoded: list[OmniItem], where: list[str]) -> None:
+        """Images and frames are resized ahead of the backbone processor to the size its own rule gives
+        (`image_size`, `video_frame_size`, which re-derive that rule), so its resize is the identity. If a transformers
+        release changed the rule, the pixels would be resized twice, silently, and embeddings would drift: so every
+        batch checks that the processor's grids (`image_grid_thw` / `video_grid_thw`, in patches) are exactly the
+        predicted size of what it was given, and raises `ResizeRuleError` naming the item otherwise."""
+        checks = (
+            ("image", "image_grid_thw", "image_processor", lambda d: (d.image.height, d.image.width), self.image_size),
+            (
+                "video",
+                "video_grid_thw",
+                "video_processor",
+                lambda d: tuple(d.video.shape[1:3]),
+                lambda height, width, d: self.video_frame_size(len(d.video), height, width),
+            ),
+        )
+        for kind, grid_key, processor_name, size_of, predict in checks:
+            owners = [(d, label) for d, label in zip(decoded, where, strict=True) if getattr(d, kind) is not None]
+            if not owners:
+                continue
+            patch = getattr(getattr(self.backbone_processor, processor_name, None), "patch_size", None)
+            grids = batch.get(grid_key)
+            if patch is None or grids is None or len(grids) != len(owners):
+                continue  # not a Qwen grid: nothing was resized ahead (image_size / video_frame_size say None)
+            for (d, label), grid in zip(owners, grids.tolist(), strict=True):
+                height, width = size_of(d)
+                expected = predict(height, width) if kind == "image" else predict(height, width, d)
+                if expected is None:
+                    continue
+                got = (int(grid[1]) * patch, int(grid[2]) * patch)
+                if got != tuple(expected):
+                    raise ResizeRuleError(
+                        f"{label}: the backbone's {processor_name} turned a {height}x{width} {kind} into "
+                        f"{got[0]}x{got[1]} pixels ({grid_key}), but e5-omni predicted {expected[0]}x{expected[1]} "
+                        "from its copy of the processor's resize rule: this transformers version resizes "
+                        "differently, so pixels resized ahead of it would be resized twice and the embeddings "
+                        "would drift. Set `processor.pre_resize = False` (the backbone processor then resizes "
+                        "full-size media itself) or use a transformers version this model was tested with"
+                    )
 
     def _pads_left(self, mask: torch.Tensor) -> bool:
         """The side the backbone processor padded on (Qwen2.5-Omni's pads left, the VL ones right), read from its
@@ -564,6 +612,7 @@ def slice_features(features: dict, start: int, end: int) -> dict:
 
 __all__ = [
     "BatchPreparer",
+    "ResizeRuleError",
     "prepared_batches",
     "IMAGE_LAYOUTS",
     "SAMPLING_RATE",
