@@ -21,8 +21,9 @@ from .configuration_e5omni import MODALITIES
 class E5OmniInputError(ValueError):
     """An item the processor cannot embed. `index` is the item's position in the input list (None for the list).
 
-    On the sentence-transformers path the caller's positions are not known (it sorts inputs by length first): there
-    `index` is None and `batch_position` is the position in the batch sentence-transformers built."""
+    On the sentence-transformers path the caller's positions are recovered when `encode` was called from user code;
+    where they cannot be (a pool worker's chunk, a direct call), `index` is None and `batch_position` is the position
+    in the batch sentence-transformers built (`at_batch_position`)."""
 
     batch_position: int | None = None
 
@@ -30,6 +31,13 @@ class E5OmniInputError(ValueError):
         self.index = index
         self.reason = message  # what is wrong, without the position (batch jobs name the item by its id)
         super().__init__(message if index is None else f"item {index}: {message}")
+
+    def at_batch_position(self, position: int, label: str) -> E5OmniInputError:
+        """This error, of the same type, about position `position` of a batch whose positions are not the caller's
+        (the sentence-transformers path when the caller's list is unknown): `index` None, `batch_position` set, and
+        the message says so with `label` ("item 3: <reason> [<label>]")."""
+        state = {**self.__dict__, "index": None, "batch_position": position}
+        return _rebuild_input_error(type(self), (f"item {position}: {self.reason} [{label}]",), state)
 
     def __reduce__(self):
         """Pickles whole (worker processes send errors back): type, reason, index, message and attributes."""

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from typing import Any
 
 import sentence_transformers
@@ -39,7 +40,7 @@ from sentence_transformers.sentence_transformer.model_card import SentenceTransf
 
 from .configuration_e5omni import MODALITIES
 from .modeling_e5omni import E5OmniModel
-from .processing_e5omni import E5OmniInputError, E5OmniProcessor, check_items
+from .processing_e5omni import E5OmniInputError, E5OmniProcessor, check_item, check_items
 
 ST_CONFIG = "config_sentence_transformers.json"
 #: Per-token keys that are reordered together with the hidden states (real tokens first).
@@ -144,15 +145,21 @@ def _skip_wrappers(frame):
     return frame
 
 
-def caller_positions(batch: list) -> list[int] | None:
+def caller_positions(batch: Any) -> list[int] | None:
     """Where each input of this sentence-transformers batch sits in the list the caller gave `encode`, or None.
 
-    sentence-transformers (6.x) hands a module only the batch: `_inference` sorts the caller's inputs by length
-    (`length_sorted_idx`) and slices batches from `start_index`. When the call came straight from outside
-    sentence-transformers through `encode` / `encode_query` / `encode_document` (not a multi-process pool's or
-    distributed worker's chunk, whose positions are the chunk's), those two locals give each input's position, and
-    every position is verified by identity (`inputs[position] is batch[i]`); anything else gives None and the
-    messages fall back to batch positions (`batch_label`)."""
+    sentence-transformers (6.2, 6.3) hands a module only the batch, and nothing public says where its inputs came
+    from: `_inference` sorts the caller's inputs by length (`length_sorted_idx`) and slices batches from
+    `start_index`. This reads those private locals, and takes them only when every assumption is checked:
+
+    - the frame is sentence-transformers' own `_inference`, reached through `encode` / `encode_query` /
+      `encode_document` called from outside sentence-transformers (not a multi-process pool's or distributed
+      worker's chunk, whose positions are the chunk's);
+    - its `inputs_batch` is this very batch object (so `start_index` is this batch's start);
+    - every position is verified by identity (`inputs[position] is batch[i]`).
+
+    Any miss gives None, and messages fall back to batch positions, said as such (`batch_label`): a changed
+    sentence-transformers can cost the caller's index, never give a wrong one."""
     frame = sys._getframe(1)
     for _ in range(12):
         if frame is None:
@@ -164,6 +171,8 @@ def caller_positions(batch: list) -> list[int] | None:
         return None
     local = frame.f_locals
     order, start, inputs = local.get("length_sorted_idx"), local.get("start_index"), local.get("inputs")
+    if local.get("inputs_batch") is not batch or not isinstance(batch, list):
+        return None  # not the batch this frame is working on
     caller = _skip_wrappers(frame.f_back)
     if caller is None or caller.f_code.co_name != "encode" or not _in_st(caller):
         return None  # _inference reached another way (distributed inference): its inputs are a shard
@@ -171,14 +180,27 @@ def caller_positions(batch: list) -> list[int] | None:
         caller = _skip_wrappers(caller.f_back)
     if caller is None or _in_st(caller):
         return None  # encode called by sentence-transformers itself (a pool worker's chunk)
-    if order is None or not isinstance(start, int) or not isinstance(inputs, list | tuple):
+    if order is None or isinstance(start, bool) or not isinstance(start, int) or not isinstance(inputs, list | tuple):
         return None
-    if start < 0 or start + len(batch) > len(order):
+    if len(order) != len(inputs) or start < 0 or start + len(batch) > len(order):
         return None
-    positions = [int(order[start + i]) for i in range(len(batch))]
+    try:
+        positions = [int(order[start + i]) for i in range(len(batch))]
+    except (TypeError, ValueError, IndexError):
+        return None
     if any(not 0 <= p < len(inputs) or inputs[p] is not value for p, value in zip(positions, batch, strict=True)):
         return None
     return positions
+
+
+def _labelled(message: str, batch: list) -> str:
+    """A warning about batch position i ("item i: ...") with the same label an error about it gets."""
+    head, sep, body = message.partition(": ")
+    number = head.removeprefix("item ")
+    if not sep or head == number or not number.isdigit() or int(number) >= len(batch) or "[item " in message:
+        return message
+    position = int(number)
+    return f"item {position}: {body} [{batch_label(batch[position], position)}]"
 
 
 def batch_label(value: Any, position: int) -> str:
@@ -281,45 +303,50 @@ class E5OmniSTModule(InputModule):
         """One sentence-transformers batch -> features.
 
         sentence-transformers sorts the inputs by length before it calls this and passes no original positions
-        (6.2). When `SentenceTransformer.encode` (or encode_query / encode_document) was called from user code, the
-        caller's positions are recovered from its frame (`caller_positions`, verified by identity): errors and
-        warnings then name the position in the caller's list, and `E5OmniInputError.index` is it, as for
-        `E5OmniModel.encode`. Otherwise (a multi-process pool's chunk, a direct call) a position is one in this batch:
-        messages say so and name the input's kind ("item 3: ... [item 3 is position 3 in this sentence-transformers
-        batch, a text+image input; ...]"), `index` is None and `batch_position` holds the batch position."""
-        config = self.auto_model.config
+        (6.2, 6.3). When `SentenceTransformer.encode` (or encode_query / encode_document) was called from user code,
+        the caller's positions are recovered from its frame (`caller_positions`, verified by identity) and every
+        check, decode and template step runs with them: errors, warnings and `E5OmniInputError.index` then name the
+        position in the caller's list, as for `E5OmniModel.encode`. Otherwise (a multi-process pool's chunk, a direct
+        call, another sentence-transformers version) a position is one in this batch, and errors and warnings alike
+        say so and name the input's kind ("item 3: ... [item 3 is position 3 in this sentence-transformers batch, a
+        text+image input; ...]"); such an error has `index` None and `batch_position` set."""
+        positions = caller_positions(inputs)
         raw = list(inputs) if isinstance(inputs, list | tuple) else None
-        positions = caller_positions(raw) if raw is not None else None
-        try:
-            if raw is not None:
-                inputs = [message_to_item(x, i, config.modalities) if is_message(x) else x for i, x in enumerate(raw)]
-            items = check_items(inputs, config.modalities)
-            if positions is not None:
-                where = [f"item {p}" for p in positions]
-            else:
-                where = [
-                    f"item {i} [{batch_label(raw[i] if raw is not None else item, i)}]" for i, item in enumerate(items)
-                ]
-            decoded = [self.processor.decode(item, i) for i, item in enumerate(items)]
-            return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt, where=where))
-        except E5OmniInputError as err:
-            if err.index is None:
-                raise
-            if positions is not None and 0 <= err.index < len(positions):
-                position, err.index = err.index, positions[err.index]
-                message = str(err.args[0]) if err.args else ""
-                prefix = f"item {position}: "
-                if message.startswith(prefix):
-                    err.args = (f"item {err.index}: {message[len(prefix) :]}",)
-                raise
-            position, err.index = err.index, None
-            label = batch_label(raw[position] if raw is not None and position < len(raw) else None, position)
-            message = str(err.args[0]) if err.args else ""
-            prefix = f"item {position}: "
-            body = message[len(prefix) :] if message.startswith(prefix) else message
-            err.args = (f"item {position}: {body} [{label}]",)
-            err.batch_position = position
-            raise
+        error: E5OmniInputError | None = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                features = self._preprocess(inputs, raw, positions, prompt)
+            except E5OmniInputError as err:
+                error = err
+        for warning in caught:  # re-emitted outside the recording block, so the caller's filters apply
+            message = str(warning.message)
+            if positions is None and raw is not None:
+                message = _labelled(message, raw)
+            warnings.warn(message, warning.category, stacklevel=4)
+        if error is None:
+            return features
+        if positions is not None or error.index is None or raw is None or not 0 <= error.index < len(raw):
+            raise error  # named by the caller's index already (or about the whole batch)
+        raise error.at_batch_position(error.index, batch_label(raw[error.index], error.index)) from None
+
+    def _preprocess(self, inputs, raw: list | None, positions: list[int] | None, prompt: str | None) -> dict:
+        config = self.auto_model.config
+        if raw is None:
+            check_items(inputs, config.modalities)  # not a list: the typed "expected a list of items" error
+            raw = list(inputs)
+        index = positions if positions is not None else list(range(len(raw)))
+        items = [message_to_item(x, index[i], config.modalities) if is_message(x) else x for i, x in enumerate(raw)]
+        if not items:
+            check_items(items)  # the typed "items is empty" error
+        for i, item in enumerate(items):
+            check_item(item, index[i], config.modalities)
+        if positions is not None:
+            where = [f"item {p}" for p in positions]
+        else:
+            where = [f"item {i} [{batch_label(raw[i], i)}]" for i in range(len(raw))]
+        decoded = [self.processor.decode(item, index[i]) for i, item in enumerate(items)]
+        return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt, where=where))
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         output = self.auto_model(**features)

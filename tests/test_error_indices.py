@@ -154,3 +154,68 @@ def test_valid_items_still_pass_the_check():
     assert check_item({"text": "a", "audio": make_audio(0), "video": make_video(0)}, 0) == (True, False, True, True)
     assert check_item("plain ünïcode 🐕", 0) == (True, False, False, False)
     assert tiny("qwen2-vl") is not None
+
+
+# ------------------------------------------------------------------ sentence-transformers: warnings agree with errors
+@pytest.fixture
+def short_audio_budget(omni_model):
+    before = omni_model.config.max_audio_seconds
+    omni_model.config.max_audio_seconds = 0.5
+    omni_model.processor.config.max_audio_seconds = 0.5
+    yield omni_model
+    omni_model.config.max_audio_seconds = before
+    omni_model.processor.config.max_audio_seconds = before
+
+
+def _truncations(record) -> list[str]:
+    return sorted(str(w.message) for w in record if "truncated to max_audio_seconds" in str(w.message))
+
+
+def test_sentence_transformers_media_warnings_name_the_callers_index(short_audio_budget, tmp_path):
+    """Issue #22: a media warning on the sentence-transformers path named the batch position (sentence-transformers
+    sorts the long audio first: `item 0`) while the error of the same call named the caller's item."""
+    st = sentence_transformer(short_audio_budget)
+    items = ["short", "a somewhat longer text", {"audio": make_audio(2)}, {"image": str(tmp_path / "gone.png")}]
+    with pytest.warns(UserWarning) as record, pytest.raises(MediaDecodeError) as err:
+        st.encode(items, batch_size=8)
+    assert err.value.index == 3 and str(err.value).startswith("item 3: image file not found")
+    assert [m.split(":")[0] for m in _truncations(record)] == ["item 2"], _truncations(record)
+    # and across batches (one item a batch), every warning names its own item
+    items = [{"audio": make_audio(0)}, "x", "yy", {"text": "t", "audio": make_audio(4)}]
+    with pytest.warns(UserWarning) as record:
+        st.encode(items, batch_size=1)
+    assert [m.split(":")[0] for m in _truncations(record)] == ["item 0", "item 3"], _truncations(record)
+
+
+def test_sentence_transformers_direct_call_labels_warnings_like_errors(short_audio_budget):
+    """Without the caller's list (a direct call, a pool worker's chunk) warnings carry the same batch-position
+    label as errors, never a bare number that reads like the caller's index."""
+    module = sentence_transformer(short_audio_budget)[0]
+    with pytest.warns(UserWarning) as record:
+        module.preprocess(["x", {"text": "t", "audio": make_audio(1)}])
+    (message,) = _truncations(record)
+    assert re.match(
+        r"item 1: audio of .* \[item 1 is position 1 in this sentence-transformers batch, a text\+audio", message
+    ), message
+
+
+def test_caller_positions_fall_back_when_the_frame_is_not_this_batch(st_model):
+    """The frame's locals are taken only for the very batch object sentence-transformers is working on: a list
+    equal to it but not it (what a changed sentence-transformers that copies batches would pass) gives None."""
+    from modeling_e5omni import sentence_e5omni
+
+    seen = []
+    original = sentence_e5omni.caller_positions
+
+    def spy(batch):
+        seen.append((original(batch), original(list(batch)) if isinstance(batch, list) else "not a list"))
+        return original(batch)
+
+    sentence_e5omni.caller_positions = spy
+    try:
+        st_model.encode(["a", "a much longer text", "bb"], batch_size=2)
+    finally:
+        sentence_e5omni.caller_positions = original
+    assert [got for got, _ in seen] == [[1, 2], [0]]
+    assert all(copy is None for _, copy in seen)
+    assert sentence_e5omni.caller_positions(["a", "b"]) is None  # called from outside sentence-transformers
