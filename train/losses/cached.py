@@ -1,44 +1,40 @@
 """CachedE5OmniLoss: :class:`~e5omni.train.losses.e5omni.E5OmniLoss` with GradCache mini-batching.
 
-Built on sentence-transformers' cached-loss machinery (``sentence_transformers.base.losses.gradcache``): its
-``CachedLossMixin`` mini-batch iteration, ``RandContext`` (the replayed forward draws the same dropout masks) and its
-``_backward_hook`` (replay mini-batch by mini-batch, scaled by the outer ``grad_output``, DDP-synchronised once).
-The e5-omni math is not copied: the wrapped :class:`E5OmniLoss` computes the loss from the cached embeddings.
+GradCache (Gao et al. 2021) on public torch API only; no sentence-transformers internals:
 
-What this subclass changes, and why:
+1. every mini-batch of every column is embedded without a graph, and the RNG state before each forward is kept;
+2. the full loss is computed on those embeddings (leaves) and on a leaf copy of ``log_temperature``; its backward
+   gives d loss / d embedding per mini-batch and d loss / d log tau (the cache);
+3. in the outer backward (a hook on the returned loss), each mini-batch is embedded again with a graph, under its
+   kept RNG state (so dropout draws the same masks), and ``torch.autograd.backward(embedding, cached_grad *
+   grad_output)`` sends the cached gradient into the model. The outer ``grad_output`` carries loss scaling and
+   gradient accumulation.
 
-- **Slicing.** Inputs of the omni backbone are not all batch-first (flattened image/video patches with grid tensors;
-  audio rows only for items that have audio), and the stock splitter mis-slices audio. Mini-batches are cut by a
-  ``slicer(features, start, end) -> dict`` callable, by default ``modeling_e5omni.processing_e5omni.slice_features``.
-  The slicer gets the full features dict (``modality_mask`` and ``content_hash`` included) and must return the
-  items ``start:end`` with their media.
-- **Temperatures.** tau lives on the model but is used by the loss, not by the embedding forward. Its gradient is
-  cached like the embeddings' (the loss stage sees a detached leaf copy) and applied in the backward hook together
-  with the *last* replayed mini-batch, as extra coordinates of that mini-batch's cached gradient. So it is scaled
-  by ``grad_output`` (loss scaling, gradient accumulation) and lands in the same backward pass that DDP
-  synchronises (with ``find_unused_parameters=False`` every parameter must receive its gradient there).
-- **Components.** It returns the ``{"dcl", "coral"}`` dict of the wrapped loss; the gradient of the total is carried
-  by ``dcl`` (``coral`` is detached), so the trainer's sum back-propagates the full loss exactly once.
+DDP: every replay but the last runs under ``no_sync``; the last one synchronises (unless an outer ``no_sync``, i.e.
+gradient accumulation, defers it). The temperature's cached gradient is applied in that same last
+``autograd.backward`` call, next to the last mini-batch's embeddings, so DDP (``find_unused_parameters=False``: every
+trainable parameter must get its gradient in the synchronised backward) all-reduces it with the rest.
 
-The loss stage itself is not chunked (the whitening couples all rows); its memory is the (B, N) logits.
+Slicing: inputs of the omni backbone are not all batch-first (flattened image/video patches with grid tensors;
+audio rows only for items that have audio), so mini-batches are cut by a ``slicer(features, start, end) -> dict``
+callable, by default ``modeling_e5omni.processing_e5omni.slice_features``. It gets the full features dict
+(``modality_mask`` and ``content_hash`` included) and returns the items ``start:end`` with their media.
+
+It returns the ``{"dcl", "coral"}`` dict of the wrapped loss; the gradient of the total is carried by ``dcl``
+(``coral`` is detached), so the trainer's sum back-propagates the full loss exactly once. The loss stage itself is
+not chunked (the whitening couples all rows); its memory is the (B, N) logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import (
-    CachedLossMixin,
-    RandContext,
-    _backward_hook,
-    _minibatch_ranges,
-    _validate_mini_batch_num_tokens,
-)
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .e5omni import E5OmniLoss, _sentence_embedding
 
@@ -58,14 +54,25 @@ def _default_slicer() -> Slicer:
     return slice_features
 
 
-class _CarriesTemperature:
-    """Marks the column whose last mini-batch also carries the temperatures through the backward hook."""
+class RngState:
+    """The CPU generator's state and that of every CUDA device among `tensors`, taken now and replayed (inside a
+    `torch.random.fork_rng`, so the caller's generators are left as they were) by `replay()`."""
 
-    def __init__(self, features: dict[str, Any]) -> None:
-        self.features = features
+    def __init__(self, tensors: Iterable[Any]) -> None:
+        self.cpu = torch.get_rng_state()
+        self.devices = sorted({t.device.index for t in tensors if isinstance(t, Tensor) and t.is_cuda})
+        self.cuda = [torch.cuda.get_rng_state(device) for device in self.devices]
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for device, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, device)
+            yield
 
 
-class CachedE5OmniLoss(CachedLossMixin, nn.Module):
+class CachedE5OmniLoss(nn.Module):
     def __init__(
         self,
         model: nn.Module,
@@ -90,7 +97,12 @@ class CachedE5OmniLoss(CachedLossMixin, nn.Module):
         super().__init__()
         if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
-        _validate_mini_batch_num_tokens(mini_batch_num_tokens)
+        if mini_batch_num_tokens is not None and (
+            isinstance(mini_batch_num_tokens, bool)
+            or not isinstance(mini_batch_num_tokens, int)
+            or mini_batch_num_tokens < 1
+        ):
+            raise ValueError(f"mini_batch_num_tokens must be a positive int or None, got {mini_batch_num_tokens!r}")
         if slicer is not None and not callable(slicer):
             raise ValueError(f"slicer must be callable(features, start, end) -> dict, got {type(slicer).__name__}")
         self.model = model
@@ -129,58 +141,35 @@ class CachedE5OmniLoss(CachedLossMixin, nn.Module):
 
     # ----------------------------------------------------------------------------------- mini-batching
     def _ranges(self, features: dict[str, Any], batch_size: int) -> list[tuple[int, int]]:
+        """`mini_batch_size` items per mini-batch; with `mini_batch_num_tokens`, as many items as fit that many
+        non-padding tokens (an item longer than the budget alone)."""
         if self.mini_batch_num_tokens is None:
             return [(b, min(b + self.mini_batch_size, batch_size)) for b in range(0, batch_size, self.mini_batch_size)]
-        ranges = _minibatch_ranges(features, self.mini_batch_size, self.mini_batch_num_tokens)
-        if not ranges or ranges[0][0] != 0 or ranges[-1][1] != batch_size:
-            raise ValueError(f"token-budget mini-batches {ranges} do not cover the {batch_size} items of the column")
+        attention = features.get("attention_mask")
+        if not isinstance(attention, Tensor) or attention.ndim != 2 or attention.shape[0] != batch_size:
+            raise ValueError(
+                f"mini_batch_num_tokens needs a (B, L) attention_mask with B = {batch_size} items to count tokens; "
+                "use mini_batch_size instead"
+            )
+        counts = attention.sum(dim=1).tolist()
+        ranges, begin = [], 0
+        while begin < batch_size:
+            end, tokens = begin + 1, counts[begin]
+            while end < batch_size and tokens + counts[end] <= self.mini_batch_num_tokens:
+                tokens += counts[end]
+                end += 1
+            ranges.append((begin, end))
+            begin = end
         return ranges
 
-    def embed_minibatch(
-        self,
-        sentence_feature: dict[str, Tensor],
-        begin: int,
-        end: int,
-        with_grad: bool,
-        copy_random_state: bool,
-        random_state: RandContext | None = None,
-    ) -> tuple[Tensor, RandContext | None]:
-        """As ``CachedLossMixin.embed_minibatch``, but the mini-batch is cut by :attr:`slicer`."""
-        grad_context = nullcontext if with_grad else torch.no_grad
-        random_state_context = nullcontext() if random_state is None else random_state
-        minibatch = self.slicer(sentence_feature, begin, end)
-        with random_state_context:
-            with grad_context():
-                random_state = RandContext(*minibatch.values()) if copy_random_state else None
-                reps = _sentence_embedding(self.model(minibatch), 0)  # (end - begin, D)
+    def _embed(self, features: dict[str, Any], begin: int, end: int) -> Tensor:
+        """Embeddings (end - begin, D) of items begin:end, cut by :attr:`slicer`, in the current grad mode."""
+        reps = _sentence_embedding(self.model(self.slicer(features, begin, end)), 0)
         if reps.shape[0] != end - begin:
             raise ValueError(
                 f"the slicer returned features for {reps.shape[0]} items when asked for items {begin}:{end}"
             )
-        return reps, random_state
-
-    def embed_minibatch_iter(
-        self,
-        sentence_feature: dict[str, Tensor] | _CarriesTemperature,
-        with_grad: bool,
-        copy_random_state: bool,
-        random_states: list[RandContext] | None = None,
-        ranges: list[tuple[int, int]] | None = None,
-    ) -> Iterator[tuple[Tensor, RandContext | None]]:
-        """The mixin's iterator; for a :class:`_CarriesTemperature` column the last mini-batch's embeddings are
-        flattened and extended by the model's log_temperature (matching the extended cached gradient)."""
-        carries = isinstance(sentence_feature, _CarriesTemperature)
-        features = sentence_feature.features if carries else sentence_feature
-        if ranges is None:
-            ranges = self._ranges(features, _batch_size(features))
-        last = len(ranges) - 1
-        iterator = super().embed_minibatch_iter(features, with_grad, copy_random_state, random_states, ranges)
-        for index, (reps, random_state) in enumerate(iterator):
-            if carries and index == last:
-                log_tau = self.loss.log_temperature_of(self.model)
-                dtype = _at_least_fp32(reps.dtype, log_tau.dtype)
-                reps = torch.cat([reps.flatten().to(dtype), log_tau.flatten().to(dtype)])
-            yield reps, random_state
+        return reps
 
     # ----------------------------------------------------------------------------------- the three steps
     def forward(
@@ -197,18 +186,18 @@ class CachedE5OmniLoss(CachedLossMixin, nn.Module):
         ranges = [self._ranges(f, sizes[0]) for f in features]
         grad_enabled = torch.is_grad_enabled()
 
-        # Step (1): embed every mini-batch without a graph, remembering each one's RNG state.
+        # Step (1): embed every mini-batch without a graph, keeping the RNG state each forward starts from.
         reps: list[list[Tensor]] = []
-        random_states: list[list[RandContext | None]] = []
+        states: list[list[RngState | None]] = []
         for column_features, column_ranges in zip(features, ranges):
             column_reps, column_states = [], []
-            for rep, state in self.embed_minibatch_iter(
-                column_features, with_grad=False, copy_random_state=grad_enabled, ranges=column_ranges
-            ):
+            for begin, end in column_ranges:
+                column_states.append(RngState(column_features.values()) if grad_enabled else None)
+                with torch.no_grad():
+                    rep = self._embed(column_features, begin, end)
                 column_reps.append(rep.detach().requires_grad_(grad_enabled))
-                column_states.append(state)
             reps.append(column_reps)
-            random_states.append(column_states)
+            states.append(column_states)
         embeddings = [torch.cat(column) for column in reps]  # (B, D) per column
 
         log_tau = self.loss.log_temperature_of(self.model) if self.loss.use_temperature else None
@@ -216,9 +205,10 @@ class CachedE5OmniLoss(CachedLossMixin, nn.Module):
             return self.loss.compute_loss_from_embeddings(embeddings, masks, hashes, labels, log_temperature=log_tau)
 
         # Step (2): the full loss on the cached embeddings, back-propagated to them (and to a leaf copy of tau).
-        tau_leaf = log_tau.detach().requires_grad_() if log_tau is not None and log_tau.requires_grad else None
+        trains_tau = log_tau is not None and log_tau.requires_grad
+        tau_leaf = log_tau.detach().requires_grad_() if trains_tau else None
         components = self.loss.compute_loss_from_embeddings(
-            embeddings, masks, hashes, labels, log_temperature=tau_leaf if tau_leaf is not None else log_tau
+            embeddings, masks, hashes, labels, log_temperature=tau_leaf if trains_tau else log_tau
         )
         total = torch.stack(list(components.values())).sum()
         total.backward()
@@ -226,36 +216,53 @@ class CachedE5OmniLoss(CachedLossMixin, nn.Module):
         unused = [str(column) for column, grads in enumerate(cache) if any(g is None for g in grads)]
         if unused:
             raise ValueError(f"the loss did not use input column(s) {', '.join(unused)}")
-        hook_features: list[Any] = list(features)
-        if tau_leaf is not None:
+        tau_grad = None
+        if trains_tau:
             tau_grad = tau_leaf.grad if tau_leaf.grad is not None else torch.zeros_like(tau_leaf)
-            dtype = _at_least_fp32(cache[-1][-1].dtype, tau_grad.dtype)
-            cache[-1][-1] = torch.cat([cache[-1][-1].flatten().to(dtype), tau_grad.flatten().to(dtype)])
-            hook_features[-1] = _CarriesTemperature(features[-1])
 
         # Step (3), deferred to the outer backward: replay each mini-batch with a graph and apply its cached gradient.
         loss = total.detach().requires_grad_()
-        loss.register_hook(
-            partial(
-                _backward_hook,
-                sentence_features=hook_features,
-                loss_obj=self,
-                cache=cache,
-                random_states=random_states,
-                ranges=ranges,
-            )
+        replay = partial(
+            self._replay, features=features, ranges=ranges, states=states, cache=cache, tau=(log_tau, tau_grad)
         )
+        loss.register_hook(replay)
         out = {name: value.detach() for name, value in components.items()}
         out["dcl"] = out["dcl"] + (loss - loss.detach())  # same value; carries d(total) to the hook
         return out
 
-
-def _at_least_fp32(*dtypes: torch.dtype) -> torch.dtype:
-    """The promoted dtype, lifted to fp32 when it is half precision (fp64 stays fp64)."""
-    dtype = dtypes[0]
-    for other in dtypes[1:]:
-        dtype = torch.promote_types(dtype, other)
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    def _replay(
+        self,
+        grad_output: Tensor,
+        *,
+        features: list[dict[str, Any]],
+        ranges: list[list[tuple[int, int]]],
+        states: list[list[RngState]],
+        cache: list[list[Tensor]],
+        tau: tuple[Tensor | None, Tensor | None],
+    ) -> None:
+        """The backward hook on the returned loss: step (3). `cache`, `states` and `ranges` belong to one forward, so
+        a second forward before this backward cannot mix up batches."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        ddp = isinstance(model, DistributedDataParallel)
+        log_tau, tau_grad = tau
+        jobs = [(column, index) for column in range(len(features)) for index in range(len(ranges[column]))]
+        with torch.enable_grad():
+            for position, (column, index) in enumerate(jobs):
+                last = position == len(jobs) - 1
+                # the forward as well as the backward of a non-final replay stay out of DDP's synchronisation
+                with model.no_sync() if ddp and not last else nullcontext():
+                    begin, end = ranges[column][index]
+                    with states[column][index].replay():
+                        rep = self._embed(features[column], begin, end)
+                    outputs, grads = [], []
+                    if rep.requires_grad:  # False when the whole encoder is frozen
+                        outputs.append(rep)
+                        grads.append((cache[column][index] * grad_output).to(rep.dtype))
+                    if last and tau_grad is not None:
+                        outputs.append(log_tau)
+                        grads.append((tau_grad * grad_output).to(log_tau.dtype))
+                    if outputs:
+                        torch.autograd.backward(outputs, grads)
 
 
 def _batch_size(features: dict[str, Any]) -> int:
