@@ -117,8 +117,8 @@ def load_mixture(
     path = Path(path)
     if not path.is_file():
         raise MixtureError(f"mixture file {str(path)!r} not found")
-    name = str(path)
-    text = "".join(line for _, line in decoded_lines(path, name))  # undecodable bytes: BadRowError naming the line
+    file_name = str(path)
+    text = "".join(line for _, line in decoded_lines(path, file_name))  # undecodable bytes: BadRowError naming the line
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         config = yaml.safe_load(text)
@@ -126,17 +126,17 @@ def load_mixture(
         mark = getattr(err, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise MixtureError(f"{name}{at}: not valid YAML ({problem})") from None
+        raise MixtureError(f"{file_name}{at}: not valid YAML ({problem})") from None
     if not isinstance(config, dict) or not isinstance(config.get("sources"), list):
-        raise MixtureError(f"{name}: expected a mapping with a 'sources' list")
+        raise MixtureError(f"{file_name}: expected a mapping with a 'sources' list")
     unknown = sorted(set(config) - {"seed", "size", "sources"})
     if unknown:
-        raise MixtureError(f"{name}: unknown key(s) {unknown}; expected seed, size, sources")
+        raise MixtureError(f"{file_name}: unknown key(s) {unknown}; expected seed, size, sources")
     source_lines = _source_lines(node)
     loaded = []
     for j, source in enumerate(config["sources"]):
         line = source_lines[j] if j < len(source_lines) else None
-        where = f"{name} line {line}, source {j}" if line is not None else f"{name} source {j}"
+        where = f"{file_name} line {line}, source {j}" if line is not None else f"{file_name} source {j}"
         if not isinstance(source, dict):
             raise MixtureError(f"{where}: expected a mapping with 'spec' and 'weight'")
         bad = sorted(set(source) - set(SOURCE_KEYS))
@@ -158,10 +158,10 @@ def load_mixture(
         loaded.append((name, examples, float(weight if weight is not None else len(examples))))
     size = config.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise MixtureError(f"{name}: 'size' must be an integer >= 1, got {size!r}")
+        raise MixtureError(f"{file_name}: 'size' must be an integer >= 1, got {size!r}")
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MixtureError(f"{name}: 'seed' must be an integer, got {seed!r}")
+        raise MixtureError(f"{file_name}: 'seed' must be an integer, got {seed!r}")
     return MixedExamples(loaded, size=size, seed=seed)
 
 
