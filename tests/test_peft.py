@@ -176,3 +176,19 @@ def test_cli_adapter_dir_needs_peft(tmp_path):
 def test_save_adapter_needs_lora(tmp_path):
     with pytest.raises(ValueError, match="no LoRA layers"):
         save_adapter(_tiny()[0], tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("backbone", ["qwen2.5-omni", "qwen2-vl"])
+def test_merge_restores_training_flags_and_keeps_never_used_parameters_frozen(backbone):
+    """After a merge the model trains in full again, as a freshly loaded one does: every parameter but those no forward
+    uses (NEVER_USED_PARAMETERS in modeling_e5omni.py), which stay frozen for DDP's find_unused_parameters=False."""
+    from e5omni.train.lora import merge_lora
+
+    model, _ = build_tiny_model(backbone, seed=0)
+    fresh = {n: p.requires_grad for n, p in model.named_parameters()}
+    never_used = model.never_used_parameters()
+    assert never_used == (["backbone.audio_tower.audio_bos_eos_token.weight"] if backbone == "qwen2.5-omni" else [])
+    merged = merge_lora(apply_lora(model, lora_config(r=4, alpha=8, dropout=0.0)))
+    after = {n: p.requires_grad for n, p in merged.named_parameters()}
+    assert after == fresh
+    assert [n for n, trainable in after.items() if not trainable] == never_used

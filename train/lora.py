@@ -97,7 +97,9 @@ def save_lora_config(model: nn.Module, folder: str | os.PathLike) -> None:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold the LoRA weights into the base layers and remove them (in place); returns the plain model."""
+    """Fold the LoRA weights into the base layers and remove them (in place); returns the plain model, trainable as
+    a freshly loaded one: every parameter, except those no forward uses (`freeze_never_used_parameters`), which stay
+    frozen so a later DDP run with `find_unused_parameters=False` still works."""
     wrapper = getattr(model, "_e5omni_lora", None)
     if wrapper is None:
         return model
@@ -106,6 +108,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     object.__setattr__(merged, "_e5omni_lora_config", None)
     for parameter in merged.parameters():
         parameter.requires_grad_(True)
+    if hasattr(merged, "freeze_never_used_parameters"):
+        merged.freeze_never_used_parameters()
     return merged
 
 
