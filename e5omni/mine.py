@@ -21,7 +21,10 @@ below, in this order; the first rule that removes a candidate counts it in the s
     range_min           the first `range_min` candidates left after the rules above (the most similar ones)
     range_max           candidates left beyond rank `range_max`
 
-and the first `num_negatives` left are the example's negatives ("top" sampling: deterministic). An example with
+and the first `num_negatives` left are the example's negatives ("top" sampling: deterministic). Each query first
+retrieves range_max + (its most positives) + 1 candidates, as sentence-transformers does; a query whose candidates
+the rules used up before `num_negatives` were found retrieves twice as many, and so on up to `max_candidates`
+(default 1024): the modality rule and the margins can remove most of a weak model's top ranks. An example with
 fewer is left out of the output and recorded in the errors file (`TooFewNegatives`, with the counts), as an example
 whose query or positive cannot be embedded is (with the item's error): the data loader of `e5omni train` needs the
 same number of negatives in every example. Negatives already in the data are replaced.
@@ -96,6 +99,7 @@ class MineRules:
     absolute_margin: float | None = None
     relative_margin: float | None = None
     same_modality: bool = False
+    max_candidates: int = 1024
 
     def resolved_range_max(self, max_positives: int) -> int:
         """`range_max`, or sentence-transformers' default: room for the query's positives, `num_negatives`, and
@@ -108,6 +112,8 @@ class MineRules:
     def check(self) -> None:
         if isinstance(self.num_negatives, bool) or not isinstance(self.num_negatives, int) or self.num_negatives < 1:
             raise MineError(f"num_negatives must be an integer >= 1, got {self.num_negatives!r}")
+        if self.max_candidates < 1:
+            raise MineError(f"max_candidates must be >= 1, got {self.max_candidates}")
         if self.range_min < 0:
             raise MineError(f"range_min must be >= 0, got {self.range_min}")
         if self.range_max is not None and self.range_max - self.range_min < self.num_negatives:
@@ -724,34 +730,47 @@ def _mine_chunk(
     for position, (kind, reason) in failures.items():
         fail(todo[position], kind, f"query: {reason}")
     kept = [(i, vectors[p]) for p, i in enumerate(todo) if p in vectors]
+    total = int(pool.index.index.ntotal)
+    limit = max(fetch, min(rules.max_candidates, total))
+    selections: dict[int, tuple] = {}
+    pending, k = list(range(len(kept))), fetch
     if kept:
         query_matrix = np.stack([v for _, v in kept]).astype(np.float32)
-        scores, rows = pool.index.ranked(query_matrix, fetch)
-    for n, (i, vector) in enumerate(kept):
-        group = group_hashes[q_hash[i]]
-        positive_scores = [
-            float(positive_vectors[positive_row[_row_id(h)]] @ vector) for h in group if _row_id(h) in positive_row
-        ]
-        own = float(positive_vectors[positive_row[_row_id(p_hash[i])]] @ vector)
-        candidates = [
-            Candidate(int(r), float(s), int(pool.hashes[r]), int(pool.keys[r]), pool.modalities[r])
-            for s, r in zip(scores[n], rows[n], strict=True)
-            if r >= 0
-        ]
-        stats["candidates"] += len(candidates)
+    while pending:  # a query whose candidates the rules used up retrieves twice as many, up to max_candidates
+        scores, rows = pool.index.ranked(query_matrix[pending], k)
+        more = []
+        for m, n in enumerate(pending):
+            i, vector = kept[n]
+            group = group_hashes[q_hash[i]]
+            own = float(positive_vectors[positive_row[_row_id(p_hash[i])]] @ vector)
+            positive_scores = [
+                float(positive_vectors[positive_row[_row_id(h)]] @ vector) for h in group if _row_id(h) in positive_row
+            ]
+            candidates = [
+                Candidate(int(r), float(s), int(pool.hashes[r]), int(pool.keys[r]), pool.modalities[r])
+                for s, r in zip(scores[m], rows[m], strict=True)
+                if r >= 0
+            ]
+            chosen, removed = select_negatives(
+                candidates,
+                rules=rules,
+                query_hash=q_hash[i],
+                positive_hash=p_hash[i],
+                positive_key=p_key[i],
+                query_positive_hashes=group,
+                query_positive_keys=group_keys[q_hash[i]],
+                positive_modalities=_modalities(examples[i]["positive"]),
+                positive_score=min(positive_scores or [own]),
+                range_max=range_max,
+            )
+            selections[n] = (own, candidates, chosen, removed)
+            if len(chosen) < rules.num_negatives and len(candidates) >= k and k < limit:
+                more.append(n)
+        pending, k = more, min(2 * k, limit)
+    for n, (i, _vector) in enumerate(kept):
+        own, candidates, chosen, removed = selections[n]
         example = examples[i]
-        chosen, removed = select_negatives(
-            candidates,
-            rules=rules,
-            query_hash=q_hash[i],
-            positive_hash=p_hash[i],
-            positive_key=p_key[i],
-            query_positive_hashes=group,
-            query_positive_keys=group_keys[q_hash[i]],
-            positive_modalities=_modalities(example["positive"]),
-            positive_score=min(positive_scores or [own]),
-            range_max=range_max,
-        )
+        stats["candidates"] += len(candidates)
         stats["removed"].update(removed)
         if len(chosen) < rules.num_negatives:
             counts = ", ".join(f"{k} {v}" for k, v in removed.items() if v)
@@ -759,7 +778,7 @@ def _mine_chunk(
                 i,
                 "TooFewNegatives",
                 f"{len(chosen)} of {rules.num_negatives} negatives left from {len(candidates)} candidates "
-                f"(removed: {counts or 'none'}); widen range_max or relax the score rules",
+                f"(removed: {counts or 'none'}); widen range_max / max_candidates or relax the rules",
             )
             continue
         try:

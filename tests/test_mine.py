@@ -246,6 +246,24 @@ def test_in_memory_media_are_written_once_and_reload_to_the_same_embeddings(mode
     assert all(json.dumps(n, sort_keys=True) in positives for r in reloaded for n in r["negatives"])
 
 
+def test_same_modality_retrieves_deeper_until_the_window_is_filled(model, tmp_path):
+    from e5omni.data.items import modality_signature
+    from e5omni.data.synthetic import build_synthetic
+
+    examples = build_synthetic("train", n=45, seed=0, num_negatives=0)  # 9 pairs, 5 kinds of document
+    out = tmp_path / "mined.jsonl"
+    rules = MineRules(num_negatives=2, same_modality=True)
+    summary = mine(model, examples, out, rules=rules, show_progress_bar=False)
+    # the first 5 candidates of a query are mostly documents of other modalities; a query retrieves more until
+    # it has 2 of its positive's modalities
+    assert summary.written == 45 and summary.removed["modality"] > 0
+    for row in load_data_spec(str(out)):
+        assert {modality_signature(n) for n in row["negatives"]} == {modality_signature(row["positive"])}
+    capped = tmp_path / "capped.jsonl"
+    summary = mine(model, examples, capped, rules=MineRules(2, same_modality=True, max_candidates=5))
+    assert summary.written < 45 and summary.errors_by_type["TooFewNegatives"] == 45 - summary.written
+
+
 def test_bad_items_are_recorded_and_the_rest_mined(model, tmp_path):
     root = tmp_path / "d"
     data = _planted_dataset(root)

@@ -48,6 +48,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         absolute_margin=args.absolute_margin,
         relative_margin=args.relative_margin,
         same_modality=args.same_modality,
+        max_candidates=args.max_candidates,
     )
     try:
         rules.check()
@@ -118,6 +119,12 @@ def add_mine_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drop candidates above positive - |positive| x this (0.05: NV-Retriever's TopK-PercPos)",
     )
     p.add_argument("--same-modality", action="store_true", help="only candidates with the positive's modalities")
+    p.add_argument(
+        "--max-candidates",
+        type=positive_int,
+        default=1024,
+        help="a query whose candidates the rules use up retrieves more, up to this many (default 1024)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--chunk-size", type=positive_int, default=512, help="examples per output chunk (the resume unit)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
