@@ -234,3 +234,30 @@ def test_cli_binds_localhost_by_default_and_needs_the_corpus_source(built, capsy
     assert "--source" in capsys.readouterr().err
     assert main(["app", str(built["root"])]) == 2  # not an index folder
     assert "not an e5omni index folder" in capsys.readouterr().err
+
+
+def test_rows_sharing_an_id_each_show_their_own_item(built):
+    """An index built before ids had to be unique may hold one id twice (two lines of a table): each result card
+    shows its own row's text and media, found by (id, source) (was: both showed the last row's)."""
+    from e5omni.app.engine import Outcome
+    from e5omni.app.media import MediaEntry
+    from e5omni.index.search import SearchResult
+
+    images = sorted((built["folder"] / "images").iterdir())
+    entries = [
+        MediaEntry(0, "same", "first twin caption", {"image": images[0]}, "items.jsonl line 1"),
+        MediaEntry(1, "same", "second twin caption", {"image": images[1]}, "items.jsonl line 2"),
+        MediaEntry(2, "other", "a third row", {}, "items.jsonl line 3"),
+    ]
+    store = MediaStore(entries, [built["folder"]])
+    results = [
+        SearchResult(1, 0.9, "same", "items.jsonl line 2", ["text", "image"]),
+        SearchResult(2, 0.8, "other", "items.jsonl line 3", ["text"]),
+        SearchResult(3, 0.7, "same", "items.jsonl line 1", ["text", "image"]),
+    ]
+    page = results_html(Outcome(results=results), store)
+    cards = page.split('<article class="e5-card"')[1:]
+    assert len(cards) == 3
+    assert "second twin caption" in cards[0] and 'src="e5omni/thumb/1"' in cards[0] and 'data-more="1"' in cards[0]
+    assert "first twin caption" in cards[2] and 'src="e5omni/thumb/0"' in cards[2] and 'data-more="0"' in cards[2]
+    assert store.row_of("same") == 0 and store.row_of("same", "items.jsonl line 2") == 1

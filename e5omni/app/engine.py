@@ -12,6 +12,8 @@ Upload limits, from the model's media budgets (`UploadLimits.from_config`):
             header's pixel count is then checked by the model's own `load_image` before any pixel is decoded
     audio   at most max_audio_seconds long (what the model hears; read from the header), and 64 MiB
     video   at most max_frames / fps seconds long (the span the model samples at its full rate), and 256 MiB
+    text    text and instruction at most TEXT_CHARS_PER_TOKEN * max_length characters each (the model reads
+            max_length tokens; a longer query is refused before it is tokenised)
 
 A modality filter keeps the results that contain any of the chosen modalities. It searches deeper (k, 4k, 16k, ...
 rows) until k of them pass or the whole index was ranked, and each result keeps its rank in the unfiltered ranking,
@@ -31,6 +33,8 @@ from e5omni.app.media import MEDIA_KINDS, MediaStore
 
 AUDIO_BYTES = 64 << 20
 VIDEO_BYTES = 256 << 20
+#: Characters of query text per token of the model's max_length (byte-level BPE tokens average under 5 characters).
+TEXT_CHARS_PER_TOKEN = 8
 
 
 class UploadError(ValueError):
@@ -53,6 +57,10 @@ class EmptyQueryError(UploadError):
     """A search with nothing to search for."""
 
 
+class QueryTooLongError(UploadError):
+    """Query text or instruction longer than the model can read."""
+
+
 @dataclass(frozen=True)
 class UploadLimits:
     image_bytes: int
@@ -60,6 +68,7 @@ class UploadLimits:
     audio_seconds: float
     video_bytes: int
     video_seconds: float
+    text_chars: int = TEXT_CHARS_PER_TOKEN * 512
 
     @classmethod
     def from_config(cls, config: Any) -> UploadLimits:
@@ -69,6 +78,7 @@ class UploadLimits:
             audio_seconds=float(config.max_audio_seconds),
             video_bytes=VIDEO_BYTES,
             video_seconds=float(config.max_frames) / float(config.fps),
+            text_chars=TEXT_CHARS_PER_TOKEN * int(getattr(config, "max_length", 512)),
         )
 
     @property
@@ -182,6 +192,14 @@ class SearchEngine:
             item = entry.query_item()
             mods = ["text"] if isinstance(item, str) else [m for m in ("text", *MEDIA_KINDS) if m in item]
             return item, None, mods
+        for name in ("text", "instruction"):
+            value = getattr(query, name)
+            if value is not None and len(value) > self.limits.text_chars:
+                raise QueryTooLongError(
+                    f"the {name} is {len(value):,} characters; this model reads at most "
+                    f"{self.limits.text_chars // TEXT_CHARS_PER_TOKEN} tokens, so the page takes at most "
+                    f"{self.limits.text_chars:,} characters: shorten it"
+                )
         parts: dict[str, Any] = {}
         if query.text is not None and query.text.strip():
             parts["text"] = query.text

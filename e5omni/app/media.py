@@ -9,6 +9,10 @@ recorded at start-up, still inside the root), so a file swapped for a symlink af
 
 Thumbnails and video poster frames are decoded with the model's own media functions and budgets
 (`modeling_e5omni.media_e5omni`), so a header bomb placed in the folder later is refused like it is by `encode`.
+At most `DECODE_WORKERS` decodes run at once, and concurrent requests for the same thumbnail share one decode (the
+others wait for its result, or its error), so memory stays flat however many first requests arrive together.
+
+Rows are told apart by (id, source): a table may hold one id twice, and each row shows its own item.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ MEDIA_KINDS = ("image", "audio", "video")
 THUMBNAIL_SIDE = 320
 #: How many thumbnails and posters are kept in memory (JPEG bytes, a few KB each).
 CACHE_ENTRIES = 512
+#: Thumbnails / posters decoded at the same time (each holds one decoded image or a video's sampled frames).
+DECODE_WORKERS = 2
 
 
 class MediaNotFoundError(LookupError):
@@ -41,6 +48,7 @@ class MediaEntry:
     id: str
     text: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    source: str | None = None  # where the row came from (a file, "table.jsonl line 3"): ids may repeat, this not
 
     @property
     def available(self) -> bool:
@@ -75,7 +83,16 @@ class MediaStore:
         self.model_config = model_config
         self._cache: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
-        self._rows = {entry.id: entry.row for entry in entries}
+        self._inflight: dict[tuple[int, str], Future] = {}
+        self._decoders = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="e5omni-decode")
+        self._active = 0
+        self.decodes = 0  # thumbnails / posters decoded so far (cache misses that ran)
+        self.peak_decodes = 0  # most decodes seen running at the same time
+        self._rows: dict[tuple[str, str | None], int] = {}
+        self._first: dict[str, int] = {}
+        for entry in entries:
+            self._rows.setdefault((entry.id, entry.source), entry.row)
+            self._first.setdefault(entry.id, entry.row)
 
     # --------------------------------------------------------------------------------------------------- build
     @classmethod
@@ -89,7 +106,7 @@ class MediaStore:
         """Entries for `rows` (an index's rows) from the corpus `source` it was built from (None: ids only)."""
         from e5omni.index import iter_source
 
-        items: dict[str, Any] = {}
+        items: dict[tuple[str, str], Any] = {}
         roots: list[Path] = []
         if source is not None and str(source).startswith("hub:"):
             # a datasets dataset: its text is shown; media only where a column held paths under the media root
@@ -98,23 +115,23 @@ class MediaStore:
                 roots.append(Path(media_root))
             for record in iter_source(str(source), media_root):
                 if record.error is None:
-                    items[record.id] = record.item
+                    items[(record.id, record.source)] = record.item
         elif source is not None:
             path = Path(source)
             roots.append(path if path.is_dir() else Path(media_root) if media_root is not None else path.parent)
             for record in iter_source(path, media_root):
                 if record.error is None:
-                    items[record.id] = record.item
+                    items[(record.id, record.source)] = record.item
         entries = []
         for number, row in enumerate(rows):
-            item = items.get(row["id"])
+            item = items.get((row["id"], row.get("source")))
             text, files = None, {}
             if isinstance(item, str):
                 text = item
             elif isinstance(item, dict):
                 text = item.get("text")
                 files = {kind: Path(item[kind]) for kind in MEDIA_KINDS if isinstance(item.get(kind), str)}
-            entries.append(MediaEntry(number, row["id"], text, files))
+            entries.append(MediaEntry(number, row["id"], text, files, row.get("source")))
         return cls(entries, roots, model_config)
 
     def __len__(self) -> int:
@@ -126,9 +143,11 @@ class MediaStore:
         return sum(1 for entry in self.entries if not entry.available)
 
     # -------------------------------------------------------------------------------------------------- access
-    def row_of(self, rid: str) -> int | None:
-        """The row number of id `rid` (ids are unique in an index)."""
-        return self._rows.get(rid)
+    def row_of(self, rid: str, source: str | None = None) -> int | None:
+        """The row number of id `rid` from `source` (a search result's pair); by id alone, its first row."""
+        if source is not None and (rid, source) in self._rows:
+            return self._rows[(rid, source)]
+        return self._first.get(rid)
 
     def entry(self, row: int) -> MediaEntry:
         if not isinstance(row, int) or not 0 <= row < len(self.entries):
@@ -152,15 +171,37 @@ class MediaStore:
         return now
 
     def _cached(self, key: tuple[int, str], make) -> bytes:
+        """`make()`'s bytes for `key`: from the cache, from the decode already running for it, or decoded now by
+        the store's DECODE_WORKERS threads (only they hold decoded pixels, so memory does not grow with the number
+        of request threads: each thread that allocates big buffers keeps its own malloc arena)."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        data = make()
+            running = self._inflight.get(key)
+            if running is None:
+                running = self._inflight[key] = self._decoders.submit(self._decode, key, make)
+        return running.result()  # the same bytes, or the same error, for every request that waited
+
+    def _decode(self, key: tuple[int, str], make) -> bytes:
+        with self._lock:
+            self._active += 1
+            self.decodes += 1
+            self.peak_decodes = max(self.peak_decodes, self._active)
+        try:
+            data = make()
+        except BaseException:
+            with self._lock:
+                self._inflight.pop(key, None)
+            raise
+        finally:
+            with self._lock:
+                self._active -= 1
         with self._lock:
             self._cache[key] = data
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
+            self._inflight.pop(key, None)
         return data
 
     def thumbnail(self, row: int) -> bytes:

@@ -8,12 +8,25 @@ history, no SSR node server, no MCP server, and the theme's fonts are gradio's b
 the internet: the browser test records every request the page makes). gradio's own file route serves only its upload
 cache (`allowed_paths` is empty); the corpus is served by the routes below, by row number (`e5omni.app.media`).
 Uploads are capped at `UploadLimits.max_file_bytes` by gradio before they are stored, then checked per kind.
+
+Only files the page received as uploads are opened: the upload components check every path a request names
+(`e5omni.app.uploads.checked_upload`: a regular file inside this process's private upload folder, not a symlink, not
+a device or FIFO, under the byte limit of its kind) before gradio copies, hashes or preprocesses it, and gradio's own
+upload-folder check is switched on as `launch()` would (a mounted Blocks skips it). Request bodies other than uploads
+are capped (`MAX_BODY_BYTES`), uploads are deleted `upload_ttl` seconds after they arrive (and all of them when the
+server stops), thumbnails and posters are decoded by at most `DECODE_WORKERS` threads, once per file however many
+requests ask at the same time. `create_app(..., token=...)` puts the whole app (page, API, uploads, media) behind a
+token: `?token=...` once in the browser (kept as an HttpOnly cookie) or `Authorization: Bearer ...`.
 """
 
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: it reads it at import too
 
+import hmac  # noqa: E402
+import ipaddress  # noqa: E402
+from functools import partial  # noqa: E402
+from html import escape  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -21,23 +34,79 @@ import gradio as gr  # noqa: E402
 from e5omni.app.engine import Outcome, Query, SearchEngine, default_k  # noqa: E402
 from e5omni.app.media import MEDIA_KINDS, MediaNotFoundError  # noqa: E402
 from e5omni.app.render import CSS, GRID_JS, header_html, results_html, status_html  # noqa: E402
+from e5omni.app.uploads import UploadRefusedError, checked_upload, upload_folder  # noqa: E402
+
+#: Largest request body the page takes outside the upload route (a query's text and instruction are far smaller).
+MAX_BODY_BYTES = 1 << 20
+#: Threads that decode thumbnails and poster frames (requests beyond them wait, holding no thread).
+DECODE_WORKERS = 2
+#: Seconds an upload is kept (a search re-run with another k or filter reuses it); all are deleted at shutdown.
+UPLOAD_TTL_SECONDS = 3600
+TOKEN_COOKIE = "e5omni_token"
 
 ALL_MODALITIES = ["text", *MEDIA_KINDS]
 WELCOME = '<div class="e5-empty">Results appear here.</div>'
 
 
-class RawImageUpload(gr.Image):
+class _UploadsOnly:
+    """Mixin of the page's upload components: every path a request names is checked (`checked_upload`) before
+    gradio copies, hashes or preprocesses the file; anything else is refused with a message, nothing is read."""
+
+    e5_kind = "file"
+    e5_max_bytes = 0
+
+    def _e5_checked(self, path: Any) -> str:
+        try:
+            return checked_upload(path, self.e5_kind, self.e5_max_bytes)
+        except UploadRefusedError as err:
+            raise gr.Error(escape(err.reason), print_exception=False) from None
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if url_or_file_path is None:
+            return None
+        return await super().async_move_resource_to_block_cache(self._e5_checked(url_or_file_path))  # type: ignore[misc]
+
+    def move_resource_to_block_cache(self, url_or_file_path):
+        if url_or_file_path is None:
+            return None
+        return super().move_resource_to_block_cache(self._e5_checked(url_or_file_path))  # type: ignore[misc]
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is None:
+            return None
+        if getattr(payload, "path", None) is None:
+            raise gr.Error(f"the {self.e5_kind} did not arrive as a file; upload it again", print_exception=False)
+        payload.path = self._e5_checked(payload.path)
+        return super().preprocess(payload)  # type: ignore[misc]
+
+
+class RawImageUpload(_UploadsOnly, gr.Image):
     """`gr.Image` whose upload reaches the search as the file itself: gradio's own preprocessing opens it with PIL,
     which would fail on a corrupt upload with PIL's message before the model's validation could name the problem."""
 
     is_template = True  # the frontend component stays gradio's image
+    e5_kind = "image"
 
     def preprocess(self, payload: Any) -> str | None:
         if payload is None:
             return None
         if payload.path is None:
-            raise gr.Error("the image did not arrive as a file; upload it again")
-        return str(payload.path)
+            raise gr.Error("the image did not arrive as a file; upload it again", print_exception=False)
+        return self._e5_checked(payload.path)
+
+
+class AudioUpload(_UploadsOnly, gr.Audio):
+    """`gr.Audio` taking only this page's uploads."""
+
+    is_template = True
+    e5_kind = "audio"
+
+
+class VideoUpload(_UploadsOnly, gr.Video):
+    """`gr.Video` taking only this page's uploads."""
+
+    is_template = True
+    e5_kind = "video"
 
 
 def _status_idle(engine: SearchEngine) -> str:
@@ -48,8 +117,17 @@ def _status_idle(engine: SearchEngine) -> str:
     )
 
 
-def build_blocks(engine: SearchEngine, *, title: str = "e5-omni search", model_name: str = "") -> gr.Blocks:
-    """The page. Every search goes through `engine.search`, so the page shows what `e5omni search` prints."""
+def build_blocks(
+    engine: SearchEngine,
+    *,
+    title: str = "e5-omni search",
+    model_name: str = "",
+    upload_ttl: int = UPLOAD_TTL_SECONDS,
+) -> gr.Blocks:
+    """The page. Every search goes through `engine.search`, so the page shows what `e5omni search` prints.
+    Uploads are deleted `upload_ttl` seconds after they arrive."""
+    upload_folder()  # before any component exists: each one reads the folder when it is built
+    limits = engine.limits
     size = engine.size
     manifest = engine.index.manifest
     counts = engine.modality_counts()
@@ -75,7 +153,8 @@ def build_blocks(engine: SearchEngine, *, title: str = "e5-omni search", model_n
             return gr.skip(), gr.skip(), gr.skip()
         return show(engine.search(query, int(k), list(kinds or [])), query)
 
-    with gr.Blocks(analytics_enabled=False, title=title) as blocks:
+    sweep = max(1, min(int(upload_ttl), 300))
+    with gr.Blocks(analytics_enabled=False, title=title, delete_cache=(sweep, int(upload_ttl))) as blocks:
         gr.HTML(
             header_html(
                 title,
@@ -91,11 +170,18 @@ def build_blocks(engine: SearchEngine, *, title: str = "e5-omni search", model_n
         last = gr.State(None)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=330):
-                text = gr.Textbox(label="Text", placeholder="a red circle at the top", lines=2, elem_id="e5-text")
+                text = gr.Textbox(
+                    label="Text",
+                    placeholder="a red circle at the top",
+                    lines=2,
+                    elem_id="e5-text",
+                    max_length=limits.text_chars,
+                )
                 instruction = gr.Textbox(
                     label="Instruction (optional)",
                     placeholder="Retrieve the image that matches the caption",
                     elem_id="e5-instruction",
+                    max_length=limits.text_chars,
                 )
                 with gr.Tabs():
                     with gr.Tab("Image", id="image", visible="image" in model_modalities):
@@ -107,7 +193,7 @@ def build_blocks(engine: SearchEngine, *, title: str = "e5-omni search", model_n
                             elem_id="e5-image",
                         )
                     with gr.Tab("Audio", id="audio", visible="audio" in model_modalities):
-                        audio = gr.Audio(
+                        audio = AudioUpload(
                             label="Audio",
                             type="filepath",
                             format=None,
@@ -115,7 +201,12 @@ def build_blocks(engine: SearchEngine, *, title: str = "e5-omni search", model_n
                             elem_id="e5-audio",
                         )
                     with gr.Tab("Video", id="video", visible="video" in model_modalities):
-                        video = gr.Video(label="Video", format=None, sources=["upload"], height=190, elem_id="e5-video")
+                        video = VideoUpload(
+                            label="Video", format=None, sources=["upload"], height=190, elem_id="e5-video"
+                        )
+                image.e5_max_bytes = limits.image_bytes
+                audio.e5_max_bytes = limits.audio_bytes
+                video.e5_max_bytes = limits.video_bytes
                 with gr.Row():
                     clear = gr.Button("Clear", variant="secondary", elem_id="e5-clear")
                     search = gr.Button("Search", variant="primary", elem_id="e5-search")
@@ -146,14 +237,130 @@ def build_blocks(engine: SearchEngine, *, title: str = "e5-omni search", model_n
     return blocks
 
 
-def create_app(engine: SearchEngine, *, title: str = "e5-omni search", model_name: str = ""):
-    """A FastAPI app: the media routes, then the page mounted at /."""
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app parses it (gradio's upload route,
+    which enforces its own `max_file_size` as it streams, is left to gradio)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or _is_upload(scope["path"]):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _plain(send, 413, f"request body over {self.limit} bytes")
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await _plain(send, 413, f"request body over {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _is_upload(path: str) -> bool:
+    return path.rstrip("/").endswith("/gradio_api/upload")
+
+
+async def _plain(send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = text.encode()
+    head = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _TokenGate:
+    """ASGI middleware: every request (page, gradio API, uploads, media) needs the token, sent once as `?token=`
+    (then kept in an HttpOnly, SameSite=Strict cookie), or as `Authorization: Bearer TOKEN`, or in the cookie."""
+
+    def __init__(self, app: Any, token: str):
+        self.app, self.token = app, token.encode()
+
+    def _ok(self, value: str | bytes | None) -> bool:
+        if value is None:
+            return False
+        value = value.encode() if isinstance(value, str) else value
+        return hmac.compare_digest(value, self.token)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        from http.cookies import SimpleCookie
+        from urllib.parse import parse_qs
+
+        headers = dict(scope["headers"])
+        bearer = headers.get(b"authorization", b"")
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+        except Exception:
+            cookies = SimpleCookie()
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+        if self._ok(bearer[7:] if bearer.startswith(b"Bearer ") else None) or (
+            TOKEN_COOKIE in cookies and self._ok(cookies[TOKEN_COOKIE].value)
+        ):
+            return await self.app(scope, receive, send)
+        if self._ok(query):
+            cookie = f"{TOKEN_COOKIE}={self.token.decode()}; Path=/; HttpOnly; SameSite=Strict".encode()
+
+            async def with_cookie(message):
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
+                await send(message)
+
+            return await self.app(scope, receive, with_cookie)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        await _plain(send, 401, "this page needs its access token: open it as http://HOST:PORT/?token=...")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    engine: SearchEngine,
+    *,
+    title: str = "e5-omni search",
+    model_name: str = "",
+    token: str | None = None,
+    upload_ttl: int = UPLOAD_TTL_SECONDS,
+):
+    """A FastAPI app: the media routes, then the page mounted at /. With `token`, every route needs it."""
+    import anyio
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, Response
 
+    upload_folder()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     store = engine.store
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}
+    decoders = anyio.CapacityLimiter(DECODE_WORKERS + 2)  # the store itself decodes DECODE_WORKERS at a time
 
     def refuse(err: MediaNotFoundError):
         raise HTTPException(status_code=404, detail=str(err))
@@ -166,26 +373,25 @@ def create_app(engine: SearchEngine, *, title: str = "e5-omni search", model_nam
             refuse(err)
         return FileResponse(path, headers=headers, content_disposition_type="inline")
 
-    @app.get("/e5omni/thumb/{row}")
-    def thumb(row: int):
+    async def decoded(make, row: int):
         try:
-            return Response(store.thumbnail(row), media_type="image/jpeg", headers=headers)
+            data = await anyio.to_thread.run_sync(partial(make, row), limiter=decoders)
         except MediaNotFoundError as err:
             refuse(err)
         except ValueError as err:  # the model's decoder refused the file (it changed since it was indexed)
             raise HTTPException(status_code=422, detail=getattr(err, "reason", str(err))) from None
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/e5omni/thumb/{row}")
+    async def thumb(row: int):
+        return await decoded(store.thumbnail, row)
 
     @app.get("/e5omni/poster/{row}")
-    def poster(row: int):
-        try:
-            return Response(store.poster(row), media_type="image/jpeg", headers=headers)
-        except MediaNotFoundError as err:
-            refuse(err)
-        except ValueError as err:
-            raise HTTPException(status_code=422, detail=getattr(err, "reason", str(err))) from None
+    async def poster(row: int):
+        return await decoded(store.poster, row)
 
-    blocks = build_blocks(engine, title=title, model_name=model_name)
-    return gr.mount_gradio_app(
+    blocks = build_blocks(engine, title=title, model_name=model_name, upload_ttl=upload_ttl)
+    app = gr.mount_gradio_app(
         app,
         blocks,
         path="/",
@@ -200,6 +406,13 @@ def create_app(engine: SearchEngine, *, title: str = "e5-omni search", model_nam
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
     )
+    # gradio checks that an upload's path lies in its upload folder only for a Blocks that has been launched; this
+    # one is mounted, so say so (the components above check more, this keeps gradio's own check on too)
+    blocks.has_launched = True
+    app.add_middleware(_BodyLimit, limit=max(MAX_BODY_BYTES, 16 * engine.limits.text_chars))
+    if token:
+        app.add_middleware(_TokenGate, token=token)
+    return app
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 7860, log_level: str = "warning") -> None:

@@ -55,7 +55,7 @@ def results_html(outcome: Outcome, store: MediaStore) -> str:
         return '<div class="e5-empty">No results (nothing in the index matches the filter).</div>'
     cards = []
     for r in outcome.results:
-        row = store.row_of(r.id)
+        row = store.row_of(r.id, r.source)
         media = _media(store, row, r.id) if row is not None else '<p class="e5-missing">no preview</p>'
         calibrated = "" if r.calibrated is None else f"{r.calibrated:.2f}"
         more = (
