@@ -259,3 +259,53 @@ def test_lora_checkpoint_resumes_in_process(tmp_path):
     resumed, trainer = run(str(checkpoint))
     for step in (3, 4):
         assert resumed[step] == pytest.approx(full[step], abs=1e-5)
+
+
+def _reshard(checkpoint: Path, max_shard_size: str) -> int:
+    """Rewrite a checkpoint's weights as the model's own save_pretrained shards them; returns the shard count."""
+    from modeling_e5omni import E5OmniModel
+
+    model = E5OmniModel.from_pretrained(checkpoint)
+    (checkpoint / "model.safetensors").unlink()
+    model.save_pretrained(checkpoint, max_shard_size=max_shard_size)
+    assert not (checkpoint / "model.safetensors").exists()
+    index = json.loads((checkpoint / "model.safetensors.index.json").read_text())
+    return len(set(index["weight_map"].values()))
+
+
+def test_sharded_checkpoint_resumes_to_the_uninterrupted_loss_curve(tmp_path):
+    """A 3B / 7B checkpoint is several safetensors files with an index: resume loads it (transformers' loader)."""
+    examples = build_synthetic("train", n=32, seed=0)
+    overrides = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=8)
+
+    def run(resume=None):
+        model = _tiny()
+        trainer = E5OmniTrainer(model, _args(tmp_path, **overrides), examples)
+        trainer.train(resume_from_checkpoint=resume)
+        return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, model
+
+    full, full_model = run()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert _reshard(checkpoint, "200KB") >= 2
+    resumed, resumed_model = run(str(checkpoint))
+    assert sorted(resumed) == [1, 2, 3, 4]  # steps 1-2 from the checkpoint's history, 3-4 run after resuming
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(full[step], abs=1e-6)
+    expected = full_model.state_dict()
+    for name, value in resumed_model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    from e5omni.train.trainer import CheckpointMismatchError
+
+    folder = tmp_path / "checkpoint-7"
+    _tiny().save_pretrained(folder)  # no LoRA layers
+    trainer = E5OmniTrainer(
+        apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0)), _args(tmp_path), build_synthetic("train", n=8)
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoint-7 does not fit the model \(it was saved with other"):
+        trainer._load_from_checkpoint(str(folder))
+    _reshard(folder, "500KB")  # the sharded index is checked the same way
+    with pytest.raises(CheckpointMismatchError, match=r"missing key\(s\) \['backbone\.language_model"):
+        trainer._load_from_checkpoint(str(folder))

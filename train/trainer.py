@@ -334,14 +334,16 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         if has_lora(self.e5omni_model):
             save_lora_config(self.e5omni_model, output_dir)
 
-    def _load_from_checkpoint(self, checkpoint_path: str) -> None:
-        """Load the checkpoint's weights into the model in place (LoRA layers and alignment state included)."""
-        from safetensors.torch import load_file
+    def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
+        """Load a checkpoint's weights into the model in place (LoRA layers and alignment state included), through
+        transformers' own loader: one `model.safetensors` or a sharded `model.safetensors.index.json` (what a 3B / 7B
+        run writes), FSDP checkpoints. Its key names are checked first: transformers loads non-strictly and would
+        only warn about a checkpoint of another model (e.g. saved with LoRA, resumed without)."""
+        from transformers import Trainer
 
-        path = Path(checkpoint_path) / "model.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"{checkpoint_path} has no model.safetensors to resume from")
-        self.e5omni_model.load_state_dict(load_file(str(path)), strict=True)
+        target = self.e5omni_model if model is None or model in (self.model, self.model_wrapped) else model
+        check_checkpoint_keys(checkpoint_path, target)
+        Trainer._load_from_checkpoint(self, checkpoint_path, model=target)
 
     def save_release(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """A self-contained Hub-ready folder at the end of training: LoRA merged into the trainer's model (in place,
@@ -404,6 +406,44 @@ class E5OmniTrainer(SentenceTransformerTrainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Pushes during training (push_to_hub=True with a save strategy) go through the same function."""
         self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model being trained (names the folder and the keys)."""
+
+
+def checkpoint_keys(folder: str | os.PathLike) -> set[str] | None:
+    """The tensor names a checkpoint folder holds (from the safetensors headers or a sharded index's weight map);
+    None when it has only formats whose names cannot be read without loading them."""
+    import json
+
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME
+
+    folder = Path(folder)
+    if (folder / SAFE_WEIGHTS_NAME).is_file():
+        with safe_open(str(folder / SAFE_WEIGHTS_NAME), framework="pt") as handle:
+            return set(handle.keys())
+    for index in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
+        if (folder / index).is_file():
+            return set(json.loads((folder / index).read_text())["weight_map"])
+    return None
+
+
+def check_checkpoint_keys(folder: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Raise CheckpointMismatchError unless the checkpoint holds exactly the model's state_dict keys."""
+    keys = checkpoint_keys(folder)
+    if keys is None:
+        return  # transformers' loader reports what it cannot find
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+    if missing or unexpected:
+        lora = any("lora_" in k for k in missing + unexpected)
+        hint = " (it was saved with other LoRA settings: resume with the run's own --use_peft / lora_r)" if lora else ""
+        raise CheckpointMismatchError(
+            f"checkpoint {folder} does not fit the model{hint}: {len(missing)} missing key(s) {missing[:5]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}"
+        )
 
 
 class _ConcatExamples(Sequence):
@@ -487,4 +527,4 @@ def _pair_of(example: dict) -> str:
     return pair_name(example)
 
 
-__all__ = ["E5OmniTrainer", "E5OmniTrainingArguments", "build_loss"]
+__all__ = ["CheckpointMismatchError", "E5OmniTrainer", "E5OmniTrainingArguments", "build_loss"]
