@@ -178,16 +178,29 @@ def build_processor(backbone: str, tokenizer=None):
     )
 
 
-def _text_kwargs(tokenizer, vocab_size: int) -> dict:
+#: Attention head size of the tiny language model. 16 is the default (4 heads over hidden 64); vLLM's CPU attention has
+#: no kernel for 16, so models served by vLLM in tests use head_dim=32 (2 heads).
+HEAD_DIMS = (16, 32, 64)
+
+
+def _text_kwargs(tokenizer, vocab_size: int, head_dim: int = 16) -> dict:
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim!r}")
+    heads = TEXT_HIDDEN // head_dim
+    eighth = head_dim // 8  # mrope_section (temporal, height, width) sums to head_dim / 2: [2, 3, 3] at 16
     return {
         "vocab_size": vocab_size,
         "hidden_size": TEXT_HIDDEN,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // 2),
         "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [eighth, 3 * eighth // 2, 3 * eighth // 2],
+        },
         "bos_token_id": None,
         "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
         "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
@@ -212,15 +225,15 @@ _QWEN2_5_VISION = {
 }
 
 
-def build_backbone_config(backbone: str, tokenizer):
-    """A tiny backbone config whose special-token ids come from `tokenizer`."""
+def build_backbone_config(backbone: str, tokenizer, head_dim: int = 16):
+    """A tiny backbone config whose special-token ids come from `tokenizer`; `head_dim` of its language model."""
     vocab_size = len(tokenizer)
     ids = tokenizer.convert_tokens_to_ids
     if backbone == "qwen2.5-omni":
         from transformers import Qwen2_5OmniThinkerConfig
 
         return Qwen2_5OmniThinkerConfig(
-            text_config=_text_kwargs(tokenizer, vocab_size),
+            text_config=_text_kwargs(tokenizer, vocab_size, head_dim),
             vision_config=dict(_QWEN2_5_VISION),
             audio_config={
                 "num_mel_bins": 128,
@@ -263,7 +276,7 @@ def build_backbone_config(backbone: str, tokenizer):
     else:
         vision["hidden_size"] = TEXT_HIDDEN  # Qwen2-VL's merger projects to vision_config.hidden_size
     return cls(
-        text_config=_text_kwargs(tokenizer, vocab_size),
+        text_config=_text_kwargs(tokenizer, vocab_size, head_dim),
         vision_config=vision,
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
@@ -273,15 +286,16 @@ def build_backbone_config(backbone: str, tokenizer):
     )
 
 
-def build_tiny_model(backbone: str = "qwen2.5-omni", seed: int = 0, **embedding_kwargs):
-    """Build `(model, processor)` in memory: a tiny random `E5OmniModel` and its `E5OmniProcessor`."""
+def build_tiny_model(backbone: str = "qwen2.5-omni", seed: int = 0, head_dim: int = 16, **embedding_kwargs):
+    """Build `(model, processor)` in memory: a tiny random `E5OmniModel` and its `E5OmniProcessor`. `head_dim`:
+    the language model's attention head size (16, or 32 / 64 for vLLM, whose CPU attention has no 16)."""
     from modeling_e5omni import E5OmniConfig, E5OmniModel, E5OmniProcessor
 
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     tokenizer = build_tokenizer(backbone)
     backbone_processor = build_processor(backbone, tokenizer)
-    backbone_config = build_backbone_config(backbone, tokenizer)
+    backbone_config = build_backbone_config(backbone, tokenizer, head_dim)
     embedding_kwargs.setdefault("max_pixels", 56 * 56)
     embedding_kwargs.setdefault("min_pixels", 28 * 28)
     embedding_kwargs.setdefault("max_frames", 4)
@@ -296,10 +310,12 @@ def build_tiny_model(backbone: str = "qwen2.5-omni", seed: int = 0, **embedding_
     return model, processor
 
 
-def build_tiny(out_dir: str | os.PathLike, backbone: str = "qwen2.5-omni", seed: int = 0, **embedding_kwargs) -> Path:
+def build_tiny(
+    out_dir: str | os.PathLike, backbone: str = "qwen2.5-omni", seed: int = 0, head_dim: int = 16, **embedding_kwargs
+) -> Path:
     """Write a tiny model folder in our released format (weights, config with auto_map, code, processor files,
     sentence-transformers files): it loads through AutoModel and SentenceTransformer like a Hub repo."""
     from e5omni.release import save_hub_folder
 
-    model, processor = build_tiny_model(backbone, seed, **embedding_kwargs)
+    model, processor = build_tiny_model(backbone, seed, head_dim, **embedding_kwargs)
     return save_hub_folder(model, processor, out_dir)

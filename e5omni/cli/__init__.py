@@ -9,6 +9,7 @@
     e5omni demo [--output-dir DIR]
     e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|ivf|ivfpq|hnsw]
     e5omni search DIR [--text STR] [--image PATH] [--audio PATH] [--video PATH] [--instruction STR] [-k N] [--json]
+    e5omni export MODEL OUT [--format vllm] [--dtype float32|bfloat16|float16] [--overwrite]
     e5omni app DIR [--model M] [--source FOLDER|TABLE] [--media-root DIR] [--host 127.0.0.1] [--port 7860]
 
 Each subcommand's code lives in a module of this package (model.py: init-tiny, encode, convert, demo; evaluate.py;
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_parsers(sub)
     add_app_parser(sub)
     add_push_parser(sub)
+
+    from e5omni.cli.export import add_export_parser
+
+    add_export_parser(sub)
 
     p = sub.add_parser("demo", help="tiny model: evaluate, fine-tune with the full recipe, evaluate, save, reload")
     p.add_argument("--output-dir", default="demo-output")
