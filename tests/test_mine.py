@@ -389,6 +389,7 @@ def _registered() -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _registered(), reason="`mine` is not registered in e5omni.cli yet")
 def test_python_m_e5omni_cli_mine(model_dir, tmp_path):
     data = _planted_dataset(tmp_path / "d")
