@@ -15,7 +15,7 @@ docs/remote-media.md on every hop:
   (a watchdog shuts the socket down when it passes, so a server sending one byte at a time cannot hold a fetch).
 
 Every refusal is a `RemoteMediaError` naming the item index, with `rule` set to the check that refused it:
-"disabled", "url", "scheme", "address", "resolve", "connect", "http", "redirects", "size" or "deadline".
+"disabled", "url", "scheme", "address", "resolve", "connect", "tls", "http", "redirects", "size" or "deadline".
 Proxy settings (HTTP_PROXY, ...) are not used: the checked address is the one connected to.
 """
 
@@ -102,7 +102,7 @@ def address_kind(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -
 @dataclass(frozen=True)
 class RemotePolicy:
     """What `fetch_remote` may do; `from_config` reads it from an E5OmniConfig. `resolver` is the host lookup
-    (tests give a stub that answers without DNS)."""
+    (tests give a stub that answers without DNS), `ssl_context` the TLS context (tests trust their own CA)."""
 
     enabled: bool = False
     allow_private: bool = False
@@ -111,6 +111,7 @@ class RemotePolicy:
     timeout: float = REMOTE_TIMEOUT_SECONDS
     max_redirects: int = MAX_REMOTE_REDIRECTS
     resolver: Resolver = resolve_host
+    ssl_context: object | None = None  # None: ssl.create_default_context() (system CAs, host name checked)
 
     @classmethod
     def from_config(cls, config) -> RemotePolicy:
@@ -327,7 +328,12 @@ class _Fetch:
                     except (OSError, http.client.HTTPException, ValueError) as err:
                         if self.deadline.passed():
                             raise self.too_slow() from err
-                        rule = "connect" if connection.sock is None else "http"
+                        import ssl
+
+                        if isinstance(err, ssl.SSLError):  # the handshake: certificate, host name, protocol
+                            rule = "tls"
+                        else:
+                            rule = "connect" if connection.sock is None else "http"
                         raise self.cannot(f"{err.__class__.__name__}: {err}", rule) from err
                     if response.status in _REDIRECTS:
                         location = response.getheader("Location")
@@ -377,7 +383,8 @@ class _Fetch:
         if scheme == "https":
             import ssl
 
-            connection = http.client.HTTPSConnection(host, port, context=ssl.create_default_context())
+            context = self.policy.ssl_context or ssl.create_default_context()
+            connection = http.client.HTTPSConnection(host, port, context=context)
         else:
             connection = http.client.HTTPConnection(host, port)
         connection.timeout = max(0.001, deadline.remaining())

@@ -125,3 +125,88 @@ def test_bodies_over_the_cap_are_refused_without_buffering_them(remote_model, se
 def test_fetch_failures_are_typed_and_local_files_unreachable(remote_model, server, url, message):
     with pytest.raises(RemoteMediaError, match=message):
         remote_model.encode_document([{"image": url.format(server=server)}])
+
+
+# ------------------------------------------------------------------------------------- the code a saved folder ships
+MEDIA_MODULES = {
+    "media_e5omni.py",
+    "media_image_e5omni.py",
+    "media_audio_e5omni.py",
+    "media_video_e5omni.py",
+    "media_remote_e5omni.py",
+}
+
+
+def _saved(tmp_path):
+    model = tiny("qwen2.5-omni")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    model.processor.save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_folder_ships_every_media_module_it_imports(tmp_path):
+    """transformers copies the relative imports of the model code: each media module is in the folder, and every
+    `from .x import` of every shipped file names a file that is there (nothing of ours is imported absolutely)."""
+    import re
+
+    folder = _saved(tmp_path)
+    shipped = {path.name for path in folder.glob("*.py")}
+    assert MEDIA_MODULES <= shipped, MEDIA_MODULES - shipped
+    for name in shipped:
+        text = (folder / name).read_text()
+        for module in re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE):
+            assert f"{module}.py" in shipped, f"{name} imports .{module}, which the folder lacks"
+        assert not re.search(r"^\s*(from|import)\s+(modeling_e5omni|e5omni)\b", text, flags=re.MULTILINE), name
+
+
+_CHILD = """
+import json, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_e5omni", "e5omni", "tests"):
+            raise ImportError(f"{name} must not be importable here")
+sys.meta_path.insert(0, Block())
+from transformers import AutoModel, AutoProcessor
+folder, url, local = sys.argv[1:4]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+model.set_processor(AutoProcessor.from_pretrained(folder, trust_remote_code=True))
+configs = [model.config, model.processor.config]  # the processor reads its own copy
+for config in configs:
+    config.allow_remote_media = True
+try:
+    model.encode_document([{"image": url}])
+    refused = None
+except ValueError as err:
+    refused = [type(err).__name__, getattr(err, "rule", None)]
+for config in configs:
+    config.allowed_remote_networks = ["127.0.0.1/32"]
+same = bool((model.encode_document([{"image": url}]) == model.encode_document([{"image": local}])).all())
+print(chr(10) + "RESULT", json.dumps({"refused": refused, "same": same}))  # its own line, whatever was printed before
+"""
+
+
+@pytest.mark.slow
+def test_remote_policy_runs_from_a_saved_folder_without_our_package(tmp_path, server):
+    """The Hub copy of the code (trust_remote_code, our packages unimportable) refuses loopback by default and
+    fetches it once the network is opted in."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = _saved(tmp_path)
+    (tmp_path / "a.png").write_bytes(_Handler.bodies["/a.png"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(folder), f"{server}/a.png", str(tmp_path / "a.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert got == {"refused": ["RemoteMediaError", "address"], "same": True}

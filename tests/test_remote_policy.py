@@ -409,3 +409,51 @@ def test_encode_deadline_comes_from_the_config(model_with, server):
     with pytest.raises(RemoteMediaError, match=r"item 0: video URL .* remote_timeout_seconds=1") as caught:
         model.encode_document([{"video": f"http://127.0.0.1:{server}/trickle-body"}])
     assert caught.value.rule == "deadline" and time.monotonic() - start < 1.0 + 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------- TLS
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 with a certificate for `media.test` from a CA made here (openssl CLI)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test CA")
+    folder = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=e5omni test CA")
+    openssl("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=media.test")
+    (folder / "san.ext").write_text("subjectAltName=DNS:media.test\n")
+    openssl(
+        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext",
+    )  # fmt: skip
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(folder / "leaf.pem", folder / "leaf.key")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.socket = server_context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    client_context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+    yield httpd.server_address[1], client_context
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_checks_the_url_host_name_while_connecting_to_the_checked_address(tls_server, log):
+    """The socket goes to the pinned 127.0.0.1, yet TLS sends and verifies the URL's name: a certificate for
+    media.test passes for https://media.test, and the same server is refused for https://other.test."""
+    port, context = tls_server
+    policy = _policy(resolver=lambda host, port: ["127.0.0.1"], ssl_context=context)
+    assert fetch_remote(f"https://media.test:{port}/a.png", 0, "image", policy) == PNG
+    assert log == [("/a.png", f"media.test:{port}")]
+    err = _refusal(f"https://other.test:{port}/a.png", policy)
+    assert err.rule == "tls" and "CERTIFICATE_VERIFY_FAILED" in str(err)
+    assert len(log) == 1
