@@ -113,6 +113,25 @@ class Embedder:
         }
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A `host:port` / `ray://host:port` address whose port does not answer is refused at once (ray.init would retry
+    for minutes); "auto" and None are left to Ray (it finds a running cluster or says there is none)."""
+    import socket
+
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise IndexBuildError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise IndexBuildError(
+            f"cannot reach the Ray cluster at {address!r}: {err.strerror or err} (is it running? `ray start --head` "
+            "starts one; leave out --ray-address for a local one)"
+        ) from err
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at `address` ("auto", "ray://host:10001"), the one this process already joined, or start a
     local one (address None); True when this call started or joined it (the caller shuts it down after the job).
@@ -123,6 +142,7 @@ def connect(address: str | None) -> bool:
         raise ImportError("--engine ray needs Ray Data: pip install 'e5-omni[index]'") from err
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:

@@ -320,7 +320,7 @@ def _parquet_rows(path: Path) -> Iterator[_Row]:
         try:
             entries = table.read_row_group(group).to_pylist()
         except Exception as err:  # noqa: BLE001 - pyarrow's page errors: OSError, ArrowInvalid, ArrowException
-            reason = f"row group {group} cannot be read ({type(err).__name__}: {err})"
+            reason = f"row group {group} cannot be read ({type(err).__name__}: {' '.join(str(err).split())})"
             try:
                 ids = table.read_row_group(group, columns=["id"]).column("id").to_pylist()
             except Exception:  # noqa: BLE001 - the id column is damaged too: rows are named by number
