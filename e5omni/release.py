@@ -76,25 +76,33 @@ def save_hub_folder(model, processor, out: str | os.PathLike, overwrite: bool = 
     return out
 
 
-def write_release(model, processor, out: str | os.PathLike, *, overwrite: bool = False, in_place: bool = False):
-    """A release folder of `model`'s current state; returns `(folder, model_released)`.
-
-    Whitening is refreshed from the running statistics and LoRA layers are merged. With `in_place=False` (what
-    pushes during training use) the merge happens on a copy and the caller's model is left exactly as it was,
-    training mode included; `in_place=True` (end of training) merges the caller's model itself, so no second copy of
-    the weights is ever held; the merged model is returned for the caller to keep.
-    """
+def prepare_release(model, *, in_place: bool = False):
+    """The model a release of `model`'s current state holds: whitening refreshed from the running statistics, LoRA
+    layers merged (on a copy unless `in_place`), eval mode. With `in_place=False` the caller's model keeps its LoRA
+    layers (its whitening matrix is refreshed either way, as before every save)."""
     from e5omni.train.lora import has_lora, merge_lora
 
     model.refresh_whitening()
     released = model
     if has_lora(model):
         released = merge_lora(model if in_place else copy.deepcopy(model))
-    was_training = released.training
     released.eval()
+    return released
+
+
+def write_release(model, processor, out: str | os.PathLike, *, overwrite: bool = False, in_place: bool = False):
+    """A release folder of `model`'s current state; returns `(folder, model_released)`.
+
+    Whitening is refreshed from the running statistics and LoRA layers are merged (`prepare_release`). With
+    `in_place=False` (what pushes during training use) the merge happens on a copy and the caller's model is left
+    exactly as it was, training mode included; `in_place=True` (end of training) merges the caller's model itself, so
+    no second copy of the weights is ever held; the merged model is returned for the caller to keep.
+    """
+    was_training = model.training
+    released = prepare_release(model, in_place=in_place)
     try:
         folder = save_hub_folder(released, processor, out, overwrite=overwrite)
     finally:
         if not in_place:
-            released.train(was_training)
+            model.train(was_training)
     return folder, released

@@ -125,9 +125,39 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         (gathered * weights).sum().backward()
         flags, _ = gather_rows(torch.tensor([rank == 0] * count), with_grad=False)
         results["uneven"] = {"gathered": gathered.detach(), "offset": offset, "grad": local.grad, "flags": flags}
+        results["release"] = _write_release_and_adapter(rank, port, out_dir)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _write_release_and_adapter(rank: int, port: int, out_dir: str) -> dict:
+    """E5OmniTrainer.save_adapter / save_release as `e5omni train --adapter_dir --release_dir` runs them on every
+    rank: what each rank finds in the folders the moment the call returns (after the barrier)."""
+    import os
+
+    from e5omni.data.synthetic import build_synthetic
+    from e5omni.tiny import build_tiny_model
+    from e5omni.train.lora import apply_lora, has_lora, lora_config
+    from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+
+    # what torchrun sets; accelerate then joins the process group this worker already opened
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": WORLD, "LOCAL_WORLD_SIZE": WORLD}
+    os.environ.update({**{k: str(v) for k, v in env.items()}, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
+    model.set_processor(processor)
+    model = apply_lora(model, lora_config(r=4, alpha=8, dropout=0.0))
+    args = E5OmniTrainingArguments(output_dir=f"{out_dir}/run", use_cpu=True, report_to="none", disable_tqdm=True)
+    trainer = E5OmniTrainer(model, args, build_synthetic("train", n=8, seed=0))
+    seen = {"processes": trainer.accelerator.num_processes, "zero": trainer.is_world_process_zero()}
+
+    def listing(folder):
+        return sorted((p.name, p.stat().st_size) for p in folder.iterdir()) if folder.exists() else []
+
+    seen["adapter"] = listing(trainer.save_adapter(f"{out_dir}/adapter"))
+    seen["release"] = listing(trainer.save_release(f"{out_dir}/release", overwrite=True))
+    seen["merged"] = not has_lora(trainer.e5omni_model)
+    return seen
 
 
 def _free_port() -> int:
@@ -140,7 +170,15 @@ def _free_port() -> int:
 def rank_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ranks")
     mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return _RankResults([torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)], out_dir)
+
+
+class _RankResults(list):
+    """Each rank's results, and the folder the ranks wrote to."""
+
+    def __init__(self, results, out_dir):
+        super().__init__(results)
+        self.out_dir = out_dir
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -187,6 +225,25 @@ def test_gather_with_uneven_rank_sizes(rank_results):
         own = weights[:3] if rank == 0 else weights[3:]
         torch.testing.assert_close(uneven["grad"], WORLD * own)
         assert uneven["flags"].tolist() == [True] * 3 + [False] * 2
+
+
+def test_release_and_adapter_written_once_and_complete_on_every_rank(rank_results, tmp_path_factory):
+    """Rank 0 writes, the other rank waits at the barrier: both find the finished folders when the call returns (the
+    release used to be written by every rank, each deleting the folder the other was writing), and both ranks hold
+    the merged model afterwards."""
+    from transformers import AutoModel
+
+    seen = [r["release"] for r in rank_results]
+    assert [s["processes"] for s in seen] == [WORLD, WORLD]
+    assert [s["zero"] for s in seen] == [True, False]
+    assert seen[0]["release"] == seen[1]["release"] and seen[0]["adapter"] == seen[1]["adapter"]
+    release = {name for name, _ in seen[1]["release"]}
+    assert {"model.safetensors", "config.json", "modules.json", "sentence_e5omni.py", "modeling_e5omni.py"} <= release
+    assert {name for name, _ in seen[1]["adapter"]} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert all(s["merged"] for s in seen)
+    folder = rank_results.out_dir / "release"
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert model.encode_document(["a red circle"]).shape == (1, model.config.hidden_size)
 
 
 def test_gather_is_the_identity_outside_distributed():

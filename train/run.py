@@ -175,7 +175,7 @@ def parse_recipe(argv: list[str] | None = None):
 def train_main(argv: list[str] | None = None) -> dict:
     from trl import get_peft_config
 
-    from e5omni.train.lora import apply_lora, lora_config, save_adapter
+    from e5omni.train.lora import apply_lora, lora_config
     from e5omni.train.trainer import E5OmniTrainer
 
     model_args, data_args, training_args = parse_recipe(argv)
@@ -217,8 +217,10 @@ def train_main(argv: list[str] | None = None) -> dict:
         trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
     summary = {"train_loss": result.training_loss, "global_step": result.global_step}
     summary["temperatures"] = trainer.e5omni_model.temperatures
-    if data_args.adapter_dir and trainer.is_world_process_zero():  # before the release, which merges LoRA in place
-        summary["adapter_dir"] = str(save_adapter(trainer.e5omni_model, data_args.adapter_dir))
+    # Both are written by the world's process zero while the other processes wait (a barrier in each); the adapter
+    # first, as the release merges LoRA in place.
+    if data_args.adapter_dir:
+        summary["adapter_dir"] = str(trainer.save_adapter(data_args.adapter_dir))
     if data_args.release_dir:
         summary["release_dir"] = str(trainer.save_release(data_args.release_dir, overwrite=True))
     print(json.dumps(summary))

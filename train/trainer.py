@@ -347,14 +347,37 @@ class E5OmniTrainer(SentenceTransformerTrainer):
 
     def save_release(self, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """A self-contained Hub-ready folder at the end of training: LoRA merged into the trainer's model (in place,
-        so no second copy of the weights is held), whitening refreshed, sentence-transformers files."""
-        from e5omni.release import write_release
+        so no second copy of the weights is held), whitening refreshed, sentence-transformers files.
 
-        folder, model = write_release(
-            self.e5omni_model, self.model[0].processor, output_dir, overwrite=overwrite, in_place=True
-        )
+        Every process merges its own model (so all ranks keep training / encoding the same model); only the world's
+        process zero writes the folder, and every process returns once it is complete (a barrier), so no rank races
+        another on the folder or reads it half-written."""
+        from e5omni.release import prepare_release, save_hub_folder
+
+        model = prepare_release(self.e5omni_model, in_place=True)
         self.e5omni_model = model
         self.model[0].auto_model = model
+        folder = Path(output_dir)
+        try:
+            if self.is_world_process_zero():
+                folder = save_hub_folder(model, self.model[0].processor, output_dir, overwrite=overwrite)
+        finally:
+            self.accelerator.wait_for_everyone()
+        return folder
+
+    def save_adapter(self, output_dir: str | os.PathLike) -> Path:
+        """A standard peft adapter folder of the trainer's LoRA model (`e5omni.train.lora.save_adapter`), written by the
+        world's process zero while the others wait for it (a barrier)."""
+        from e5omni.train.lora import save_adapter
+
+        if not has_lora(self.e5omni_model):
+            raise ValueError("the model has no LoRA layers to save (train with LoRA to write an adapter)")
+        folder = Path(output_dir)
+        try:
+            if self.is_world_process_zero():
+                folder = save_adapter(self.e5omni_model, output_dir)
+        finally:
+            self.accelerator.wait_for_everyone()
         return folder
 
     # ------------------------------------------------------------------------------------------------ the Hub
