@@ -90,3 +90,37 @@ def test_register_is_idempotent():
     register()
     register()
     assert AutoConfig.for_model("e5omni").__class__.__name__ == "E5OmniConfig"
+
+
+@pytest.mark.parametrize("entry", ["E5OmniModel", "AutoModel", "built then cast"])
+def test_temperature_is_fp32_in_bf16_model(folder, entry):
+    """The bf16 model's own alignment state is fp32 and bit-identical to the saved one (tests/test_model.py's test of
+    this name checked the fp32 fixture instead of the bf16 model it built)."""
+    saved = load_file(str(folder / "model.safetensors"))
+    if entry == "E5OmniModel":
+        model = E5OmniModel.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    elif entry == "AutoModel":
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.bfloat16)
+    else:
+        model = E5OmniModel(E5OmniConfig.from_pretrained(folder)).to(torch.bfloat16)
+        model.load_state_dict(saved)
+        model = model.to(torch.bfloat16)
+    assert model.backbone.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.log_temperature.dtype == torch.float32
+    for name, tensor in model.alignment.state_dict().items():
+        expected = saved[f"alignment.{name}"]
+        if expected.is_floating_point():
+            assert tensor.dtype == torch.float32 and torch.equal(tensor, expected), name
+        else:  # the update counter: its value (its dtype: the xfail below)
+            assert tensor.item() == expected.item(), name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="modeling_e5omni: transformers' _keep_in_fp32_modules_strict casts the whole alignment module to fp32 on a "
+    "bf16 / fp16 load, the int64 whitening_updates counter included (it comes back float32)",
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_whitening_counter_stays_int64_under_half_precision_loads(folder, dtype):
+    model = E5OmniModel.from_pretrained(folder, dtype=dtype)
+    assert model.alignment.whitening_updates.dtype == torch.int64
