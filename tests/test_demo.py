@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from e5omni.cli import main
 
 
+@pytest.mark.slow  # 9-50 s, two evaluations of the whole held-out split; each step it chains has a fast test of its own
 def test_demo_writes_metrics_and_a_reloadable_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--output-dir", str(out), "--", "--synthetic_size", "64", "--num_train_epochs", "1"])

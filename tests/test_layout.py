@@ -39,6 +39,16 @@ assert e5omni.model_card.__file__.startswith({repo!r}), e5omni.model_card.__file
 print("imports ok")
 """
 
+# What `python -m e5omni.cli train --help` runs (runpy is how -m runs a module), in the same process.
+CLI_HELP = """
+import runpy, sys
+sys.argv = ["e5omni", "train", "--help"]
+try:
+    runpy.run_module("e5omni.cli", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+"""
+
 
 def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -80,6 +90,38 @@ def test_every_package_folder_is_in_the_distribution():
     assert on_disk == declared, f"package folders missing from pyproject.toml: {sorted(on_disk - declared)}"
 
 
+def _wheel_files(names) -> None:
+    """What the wheel must hold: our two top-level names only, the remapped train / model_card packages, the card
+    template (package data) and the model's code files."""
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == ALLOWED_TOP_LEVEL, tops
+    assert "e5omni/train/trainer.py" in names and "e5omni/train/losses/functional.py" in names
+    assert "e5omni/model_card/template.md.jinja" in names
+    assert "modeling_e5omni/sentence_e5omni.py" in names
+
+
+def test_wheel_file_list_from_setuptools_metadata(monkeypatch):
+    """The files setuptools' build_py would put in the wheel, from pyproject.toml, without building (the build itself:
+    the slow test below): every module of every package folder on disk, under its installed name."""
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(REPO)
+    distribution = Distribution({"script_name": "setup.py"})
+    distribution.parse_config_files()
+    build_py = distribution.get_command_obj("build_py")
+    build_py.ensure_finalized()
+    names = {Path(p).relative_to(build_py.build_lib).as_posix() for p in build_py.get_outputs(include_bytecode=False)}
+    _wheel_files(names)
+    installed = {"train": "e5omni/train", "model_card": "e5omni/model_card"}
+    on_disk = set()
+    for top in ("modeling_e5omni", "e5omni", "train", "model_card"):
+        for module in (REPO / top).rglob("*.py"):
+            relative = module.relative_to(REPO).as_posix()
+            on_disk.add(installed[top] + relative[len(top) :] if top in installed else relative)
+    assert on_disk <= names, f"modules missing from the wheel: {sorted(on_disk - names)}"
+
+
+@pytest.mark.slow
 def test_wheel_holds_only_our_namespaces_and_the_card_template(tmp_path):
     # Built from a clean copy: setuptools reuses build/lib, where files of an older layout would linger, and a build in
     # the checkout would leave build/ behind.
@@ -109,22 +151,26 @@ def test_wheel_holds_only_our_namespaces_and_the_card_template(tmp_path):
         timeout=300,
     )
     (wheel,) = tmp_path.glob("e5_omni-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert tops == ALLOWED_TOP_LEVEL, tops
-    assert "e5omni/train/trainer.py" in names and "e5omni/train/losses/functional.py" in names
-    assert "e5omni/model_card/template.md.jinja" in names
-    assert "modeling_e5omni/sentence_e5omni.py" in names
+    _wheel_files(zipfile.ZipFile(wheel).namelist())
 
 
 def test_documented_api_imports_from_a_folder_with_train_py_and_model_card_py(tmp_path):
+    """One process start for the documented imports and the `-m e5omni.cli` entry (its launchers: the slow test
+    below), from a folder holding a user's train.py, model_card.py, ..."""
     folder = _user_folder(tmp_path)
-    code = DOCUMENTED_IMPORTS.format(repo=str(REPO))
+    code = DOCUMENTED_IMPORTS.format(repo=str(REPO)) + CLI_HELP
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=folder, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "imports ok" in result.stdout
+    _lists_the_train_arguments(result.stdout)
+
+
+def _lists_the_train_arguments(stdout: str) -> None:
+    # TrlParser's help lists the three argument groups of `e5omni train`.
+    for flag in ("--model_name_or_path", "--train_data", "--temperature_init"):
+        assert flag in stdout, stdout[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -135,6 +181,7 @@ def test_documented_api_imports_from_a_folder_with_train_py_and_model_card_py(tm
         pytest.param(
             [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "1", "-m", "e5omni.cli"],
             id="torchrun -m e5omni.cli",
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -144,9 +191,7 @@ def test_entry_points_start_from_a_user_folder(tmp_path, launcher):
         [*launcher, "train", "--help"], cwd=folder, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    # TrlParser's help lists the three argument groups of `e5omni train`.
-    for flag in ("--model_name_or_path", "--train_data", "--temperature_init"):
-        assert flag in result.stdout, result.stdout[-2000:]
+    _lists_the_train_arguments(result.stdout)
 
 
 @pytest.mark.slow

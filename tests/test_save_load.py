@@ -66,7 +66,11 @@ def _items(model):
     return items
 
 
-@pytest.mark.parametrize("backbone", ["qwen2.5-omni", "qwen2-vl"])
+@pytest.mark.parametrize(
+    "backbone",
+    # one process start per backbone: the Qwen2-VL one (the same loading path) runs with the slow tests
+    ["qwen2.5-omni", pytest.param("qwen2-vl", marks=pytest.mark.slow)],
+)
 def test_round_trip_in_a_fresh_offline_process(tmp_path, backbone):
     model, processor = build_tiny_model(backbone, seed=1, whitening=True)
     model.set_processor(processor)
