@@ -1,7 +1,10 @@
 """`e5omni index --engine ray`: the Ray Data engine gives the local engine's shards, vectors and errors file.
 
-One local Ray cluster (2 CPUs) for the module. The default tests compare the engines on the salted folder and
-resume an interrupted index shard by shard; the kill -9 run of the CLI is slow (a Ray cluster per process).
+One local Ray cluster (2 CPUs) for the module, for the slow tests (starting it takes ~20 s here, each test 15-40 s):
+they compare the engines on the salted folder, resume an interrupted index shard by shard and kill -9 the CLI. The
+default test runs the engine's two steps (the decode task and the Embedder actor's call) in this process, on the
+rows Ray would carry, and checks they give what the local engine gives; test_index_damage.py checks (fast) that an
+unreachable cluster is refused before --out is touched.
 """
 
 from __future__ import annotations
@@ -56,6 +59,38 @@ def _same_index(a: Path, b: Path) -> None:
         assert manifest_a[key] == manifest_b[key], key
 
 
+def test_ray_engine_steps_in_process_give_the_local_engines_shard(model, model_dir, tmp_path):
+    """`_decode_row` (a Ray CPU task) and `Embedder` (an actor) called here on the rows the driver builds, merged
+    as the driver merges them: the vectors, failures, warnings and modality masks of the local engine."""
+    import pickle
+
+    from e5omni.index.batches import ShardBatches, embed_chunk
+    from e5omni.index.ray_engine import Embedder, _decode_row
+    from e5omni.index.sources import iter_folder
+    from tests.test_video_audio import write_clip
+
+    folder, _, _ = _salted_folder(tmp_path)
+    write_clip(folder / "loud.mkv")  # a video with its audio track: audio + video in the mask
+    (folder / "long.txt").write_text("word " * (model.config.max_length * 2))
+    records = list(iter_folder(folder))
+    local = embed_chunk(model, records, 3, None)
+    shard = ShardBatches(records)
+    embedder = Embedder(str(model_dir), None)
+    for b, items in enumerate(shard.batches(3)):
+        row = _decode_row({"shard": 0, "batch": b, "payload": pickle.dumps(items)}, str(model_dir))
+        out = embedder({key: np.array([value], dtype=object) for key, value in row.items()})
+        kept = json.loads(out["kept"][0])
+        vectors = np.frombuffer(out["vectors"][0], dtype=np.float32).reshape(len(kept), -1) if kept else []
+        failures, notes, masks = (json.loads(out[key][0]) for key in ("failures", "notes", "masks"))
+        shard.merge(b * 3, kept, vectors, failures, notes, masks)
+    assert shard.failures == local.failures and shard.notes == local.notes and shard.masks == local.masks
+    assert sorted(shard.vectors) == sorted(local.vectors)
+    assert max(np.abs(shard.vectors[i] - local.vectors[i]).max() for i in local.vectors) < 1e-5
+    loud = next(i for i, r in enumerate(shard.good) if r.id == "loud.mkv")
+    assert shard.masks[loud] == [False, False, True, True]
+
+
+@pytest.mark.slow
 def test_ray_engine_equals_the_local_engine_on_a_salted_folder(cluster, model, model_dir, tmp_path):
     folder, good, bad = _salted_folder(tmp_path)
     (folder / "long.txt").write_text("word " * (model.config.max_length * 2))  # embedded with a warning
@@ -77,6 +112,7 @@ def test_ray_engine_equals_the_local_engine_on_a_salted_folder(cluster, model, m
     _same_index(local, distributed)
 
 
+@pytest.mark.slow
 def test_ray_engine_resumes_an_interrupted_index_by_shard(cluster, model, model_dir, tmp_path):
     """What a kill leaves (finished shards in the manifest, a shard file and error lines of an unfinished one, a
     gap: ray finishes shards out of order) is resumed by the ray engine into the uninterrupted index."""
