@@ -457,3 +457,13 @@ def test_https_checks_the_url_host_name_while_connecting_to_the_checked_address(
     err = _refusal(f"https://other.test:{port}/a.png", policy)
     assert err.rule == "tls" and "CERTIFICATE_VERIFY_FAILED" in str(err)
     assert len(log) == 1
+
+
+def test_worker_processes_apply_the_policy_and_return_the_rule(model_with, server, log):
+    """encode(num_workers=1) decodes in a DataLoader worker: the config travels, the refusal comes back whole."""
+    model = model_with(allowed_remote_networks=["127.0.0.1/32"])
+    remote = model.encode_document([{"image": f"http://127.0.0.1:{server}/a.png"}], num_workers=1)
+    assert remote.shape[0] == 1 and log == [("/a.png", f"127.0.0.1:{server}")]
+    with pytest.raises(RemoteMediaError, match=r"item 1: image URL .* is a loopback address") as caught:
+        model.encode_document(["x", {"image": f"http://127.0.0.2:{server}/a.png"}], num_workers=1)
+    assert caught.value.rule == "address" and caught.value.index == 1
