@@ -203,7 +203,10 @@ class _Deadline:
             self._release()
             self._watched = sock.dup()
             if self.expired:
-                self._watched.shutdown(socket.SHUT_RDWR)
+                try:
+                    self._watched.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _release(self) -> None:
         if self._watched is not None:
@@ -403,8 +406,8 @@ class _Fetch:
             if remaining <= 0 or self.deadline.expired:
                 raise self.too_slow(total)
             try:
-                if connection.sock is not None:
-                    connection.sock.settimeout(remaining)
+                if connection.sock is not None:  # None once the response owns the socket ("Connection: close"):
+                    connection.sock.settimeout(remaining)  # then the watchdog alone ends a read at the deadline
                 chunk = response.read1(_CHUNK)  # what one read returns: never blocks for a whole chunk
             except Exception as err:  # OSError, http.client.IncompleteRead / HTTPException, a bad chunk size
                 if self.deadline.passed():
