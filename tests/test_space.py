@@ -14,7 +14,7 @@ import yaml
 from huggingface_hub import CommitOperationDelete
 
 from e5omni.publish import DisallowedFileError
-from e5omni.publish.space import push_space, stage_space
+from e5omni.publish.space import push_space, stage_space, wheel_name
 from e5omni.release import save_hub_folder
 from e5omni.tiny import build_tiny_model
 from tests.test_publish import FAKE_TOKEN, FakeHfApi
@@ -76,7 +76,10 @@ def test_the_staged_space_runs_the_page_on_the_models_requirements(staged, model
     pins = json.loads((model_folder / "config_sentence_transformers.json").read_text())["requirements"]
     lines = files["requirements.txt"].data.decode().splitlines()
     assert all(f"{name}{spec}" in lines for name, spec in pins.items())
-    assert f"e5-omni[app]=={metadata.version('e5-omni')}" in lines
+    version = metadata.version("e5-omni")
+    assert f"e5-omni[app]=={version}" not in lines  # no package index has it: the Space could not build
+    assert not any(line.startswith("e5-omni") for line in lines)
+    assert {"gradio<7,>=6", "faiss-cpu>=1.9", "pyarrow>=15", "soundfile>=0.13"} <= set(lines)  # [app] -> [index]
 
     app = files["app.py"].data.decode()
     tree = ast.parse(app)  # valid Python that calls run_space with the model, the pinned revision and the corpus
@@ -145,5 +148,102 @@ def test_a_corpus_with_a_symlink_or_a_foreign_file_is_refused_before_anything_is
     (corpus / "passwd.txt").unlink()
     (corpus / "model.pt").unlink()
     files = {f.path for f in stage_space("me/s", "me/m", model_folder=model_folder, corpus=corpus)}
-    assert files == {"README.md", "app.py", "requirements.txt", "corpus/a.txt"}
+    assert files == {"README.md", "app.py", "requirements.txt", "corpus/a.txt", f"wheels/{wheel_name()}"}
     assert not Path(tmp_path / "dry").exists()
+
+
+def test_the_space_ships_the_wheel_of_this_exact_version_and_app_py_loads_it(staged, tmp_path):
+    """No index has e5-omni at this version, so the Space carries its wheel; app.py checks its sha256 and puts it
+    first on the import path (Spaces install requirements.txt before the repo's files exist in the image)."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    from e5omni.publish import write_staged
+
+    version = metadata.version("e5-omni")
+    files = {f.path: f for f in staged}
+    wheel = files[f"wheels/e5_omni-{version}-py3-none-any.whl"]
+    out = write_staged(staged, tmp_path / "space")
+    with zipfile.ZipFile(out / wheel.path) as archive:
+        names = set(archive.namelist())
+        meta = archive.read(f"e5_omni-{version}.dist-info/METADATA").decode()
+    assert f"Version: {version}" in meta.splitlines()
+    assert {
+        "e5omni/app/space.py",
+        "e5omni/app/page.py",
+        "e5omni/app/uploads.py",
+        "modeling_e5omni/__init__.py",
+    } <= names
+    app = files["app.py"].data.decode()
+    assert f"WHEEL = HERE / {wheel.path!r}" in app and hashlib.sha256(wheel.data).hexdigest() in app
+    requirements = files["requirements.txt"].data.decode()
+    assert wheel.path in requirements  # the comment says where the package itself comes from
+
+    # app.py imported (not run) from the staged folder: e5omni comes from the wheel, not from this checkout
+    probe = (
+        "import runpy, sys; runpy.run_path('app.py', run_name='space_app'); "
+        "import e5omni.app.space, e5omni.app.uploads; print(e5omni.app.space.__file__)"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = Path(done.stdout.strip().splitlines()[-1])
+    assert loaded.is_relative_to(tmp_path) and "e5omni-wheel-" in str(loaded), loaded
+
+    # a wheel that is not the one app.py was published with is refused before anything is imported
+    (out / wheel.path).write_bytes(wheel.data[:-10] + b"0123456789")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "sha256 differs" in done.stderr
+
+
+def test_a_given_wheel_of_another_version_is_refused(model_folder, tmp_path):
+    from e5omni.publish import IncompleteFolderError
+
+    fake = tmp_path / "e5_omni-9.9.9-py3-none-any.whl"
+    fake.write_bytes(b"PK")
+    with pytest.raises(IncompleteFolderError, match=f"expected the wheel {wheel_name()}"):
+        stage_space("me/s", "me/m", model_folder=model_folder, wheel=fake)
+
+
+@pytest.mark.slow
+def test_the_staged_requirements_install_offline_into_a_fresh_virtualenv(staged, tmp_path):
+    """A fresh virtualenv that sees this project's site-packages (so torch is not downloaded again), then
+    `pip install --no-index -r requirements.txt` from the staged folder: everything it lists resolves, and
+    app.py then imports the page from the staged wheel."""
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+
+    from e5omni.publish import write_staged
+
+    out = write_staged(staged, tmp_path / "space")
+    venv = tmp_path / "venv"
+    # no pip / setuptools of its own: an old bundled setuptools would shadow the project's (torch needs >= 77);
+    # `python -m pip` then runs the project's pip, installing into this virtualenv
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # the project's site-packages as a plain path: its distributions count as installed, but its .pth files (the
+    # editable e5omni of this checkout) are not run, so e5omni can only come from the Space's wheel
+    ours = sysconfig.get_paths()["purelib"]
+    assert ours in site.getsitepackages() or ours in sys.path
+    Path(purelib, "project-site.pth").write_text(ours + "\n")
+    env = {"PATH": f"{venv}/bin:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    pip = [str(python), "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "-r", "requirements.txt"]
+    done = subprocess.run(pip, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    probe = (
+        "import runpy; runpy.run_path('app.py', run_name='space_app'); "
+        "import e5omni.app.space; print(e5omni.app.space.__file__)"
+    )
+    done = subprocess.run([str(python), "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "e5omni-wheel-" in done.stdout.strip().splitlines()[-1]

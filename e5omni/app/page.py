@@ -55,6 +55,12 @@ class _UploadsOnly:
     e5_kind = "file"
     e5_max_bytes = 0
 
+    def get_block_name(self) -> str:  # gradio names a template's frontend by its first base: this mixin
+        return self.e5_kind
+
+    def get_block_class(self) -> str:
+        return self.e5_kind
+
     def _e5_checked(self, path: Any) -> str:
         try:
             return checked_upload(path, self.e5_kind, self.e5_max_bytes)
