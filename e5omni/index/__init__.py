@@ -4,12 +4,20 @@
   with its reason)
 - `build.py`: `build_corpus`: sharded Parquet + manifest + errors.jsonl, resumable; the local engine and the writer
 - `ray_engine.py`: the Ray Data engine (`engine="ray"`): decode in CPU tasks, embed in an actor pool (imports Ray)
-- `search.py`: `CorpusIndex` over faiss (flat / ivf / ivfpq / hnsw): build, load, search, add
+- `search.py`: `CorpusIndex` over faiss (flat / ivf / ivfpq / hnsw): build, load, search, add; `verify_index`
 """
 
-from e5omni.index.build import ENGINES, BuildSummary, IndexBuildError, build_corpus, read_manifest
-from e5omni.index.search import KINDS, CorpusIndex, IndexMismatchError, SearchResult
-from e5omni.index.sources import Record, iter_folder, iter_hub, iter_source, iter_table, parse_hub
+from e5omni.index.build import (
+    ENGINES,
+    BuildSummary,
+    IndexBuildError,
+    IndexDamagedError,
+    SourceChangedError,
+    build_corpus,
+    read_manifest,
+)
+from e5omni.index.search import KINDS, CorpusIndex, IndexMismatchError, SearchResult, verify_index
+from e5omni.index.sources import Record, iter_folder, iter_hub, iter_source, iter_table, parse_hub, survey_source
 
 __all__ = [
     "ENGINES",
@@ -17,9 +25,11 @@ __all__ = [
     "BuildSummary",
     "CorpusIndex",
     "IndexBuildError",
+    "IndexDamagedError",
     "IndexMismatchError",
     "Record",
     "SearchResult",
+    "SourceChangedError",
     "build_corpus",
     "iter_folder",
     "iter_hub",
@@ -27,4 +37,6 @@ __all__ = [
     "iter_table",
     "parse_hub",
     "read_manifest",
+    "survey_source",
+    "verify_index",
 ]

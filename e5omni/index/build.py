@@ -324,8 +324,6 @@ def build_corpus(
     of a source edited since up to date by id (the module docstring). Nothing is written to `out_dir` before every
     check has passed (a Ray cluster that cannot be reached leaves it as it was).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     if truncate_dim is not None and not 0 < truncate_dim <= model.config.hidden_size:
@@ -391,13 +389,12 @@ def build_corpus(
         from e5omni.index.ray_engine import connect
 
         started_ray = connect(ray_address)
+    plan = _Plan(out, wanted, finished, fingerprint, entries, by_id, is_path)
+    options = {"model_path": model_path, "media_root": media_root, "batch_size": batch_size, "shard_size": shard_size}
+    options.update(truncate_dim=truncate_dim, max_errors=max_errors, show_progress_bar=show_progress_bar)
+    options.update(engine=engine, num_actors=num_actors, num_workers=num_workers)
     try:
-        return _build(
-            model, source, out, wanted, old, finished, fingerprint, entries, by_id, is_path,
-            model_path=model_path, media_root=media_root, batch_size=batch_size, shard_size=shard_size,
-            truncate_dim=truncate_dim, max_errors=max_errors, show_progress_bar=show_progress_bar, engine=engine,
-            num_actors=num_actors, num_workers=num_workers, tqdm=tqdm,
-        )  # fmt: skip
+        return _build(model, source, plan, **options)
     finally:
         if started_ray:
             import ray
@@ -405,8 +402,40 @@ def build_corpus(
             ray.shutdown()
 
 
-def _build(model, source, out, wanted, old, finished, fingerprint, entries, by_id, is_path, *, model_path, media_root,
-           batch_size, shard_size, truncate_dim, max_errors, show_progress_bar, engine, num_actors, num_workers, tqdm):  # fmt: skip
+@dataclass
+class _Plan:
+    """What the checks of `build_corpus` established, for `_build` to carry out."""
+
+    out: Path
+    wanted: dict[str, Any]
+    finished: list[dict[str, Any]]
+    fingerprint: dict[str, Any] | None
+    entries: list[tuple[str, str | None]] | None
+    by_id: bool
+    is_path: bool
+
+
+def _build(
+    model,
+    source,
+    plan: _Plan,
+    *,
+    model_path,
+    media_root,
+    batch_size,
+    shard_size,
+    truncate_dim,
+    max_errors,
+    show_progress_bar,
+    engine,
+    num_actors,
+    num_workers,
+) -> BuildSummary:
+    """The run itself (`build_corpus` after its checks): the only place that writes into the index folder."""
+    from tqdm.auto import tqdm
+
+    out, wanted, finished, fingerprint, entries = plan.out, plan.wanted, plan.finished, plan.fingerprint, plan.entries
+    by_id, is_path = plan.by_id, plan.is_path
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     # the ray engine finishes shards out of order: the finished ones are a set, listed in shard order
     done = {_shard_number(s) for s in finished}

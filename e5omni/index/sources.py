@@ -13,7 +13,15 @@
                     id is the `id` column when there is one, else the 0-based row number; other columns are ignored
 
 Every record is either an item to embed or an error with its reason; a bad row or file never stops the stream and is
-never dropped. The order is fixed, so a resumed run sees the same records in the same shards.
+never dropped. The order is fixed, so a resumed run sees the same records in the same shards. What is recorded
+instead of raised: a directory that cannot be listed (one record for it), a symlink loop, a symlink to a directory
+(not followed), a `.txt` or a table line that is not UTF-8, a JSONL / CSV line over MAX_ROW_BYTES (read with a
+bounded reader: a 1 GB line is skipped in 1 MB chunks), a CSV cell over csv's field limit, a Parquet row group that
+cannot be read (one record per row it holds), a second row with an id already used. A file name that is not UTF-8
+gets a readable id (`\\xNN` for its undecodable bytes) and keeps its bytes in `Record.raw_path`.
+
+`survey_source` gives a source's fingerprint and its (id, stamp) list without decoding anything: what a resume
+compares to tell an edited source from the one it started on (build.py).
 """
 
 from __future__ import annotations
