@@ -361,6 +361,14 @@ def test_cli_search_on_damaged_or_moved_files_exits_2_naming_the_file(model, tmp
     assert "every file matches the manifest's sha256" in capsys.readouterr().out
     assert main(["search", str(out), "--text", "caption 1", "--verify", "--json"]) == 0
     assert {r["id"] for r in json.loads(capsys.readouterr().out)} == {"0.txt", "1.txt", "2.txt"}
+    (folder / "3.txt").write_text("caption 3")  # the source changed: a resume says so and exits 2
+    index_args = ["index", str(model_dir), str(folder), "--out", str(out), "--no-progress", "--resume"]
+    assert main(index_args) == 2
+    assert "1 added ('3.txt')" in capsys.readouterr().err
+    assert main(index_args[:-1] + ["--rebuild-changed"]) == 2
+    assert "--rebuild-changed goes with --resume" in capsys.readouterr().err
+    assert main(index_args + ["--rebuild-changed"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedded"] == 4 and len(CorpusIndex.load(out).rows) == 4
     os.rename(model_dir, tmp_path / "moved")  # the model path in the manifest no longer exists
     assert main(["search", str(out), "--text", "caption 1"]) == 2
     err = capsys.readouterr().err
