@@ -247,3 +247,18 @@ def test_the_staged_requirements_install_offline_into_a_fresh_virtualenv(staged,
     done = subprocess.run([str(python), "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "e5omni-wheel-" in done.stdout.strip().splitlines()[-1]
+
+
+def test_push_space_wheel_flag_reaches_the_staging_and_is_checked(model_folder, tmp_path, capsys):
+    """`e5omni push --space-wheel` is the wheel the Space ships: a wrong one is refused before anything is staged,
+    and the flag without --space is a usage error."""
+    from e5omni.cli import main
+
+    out = tmp_path / "dry"
+    base = ["push", str(model_folder), "--repo-id", "me/m", "--dry-run", str(out)]
+    assert main(base + ["--space-wheel", str(tmp_path / "x.whl")]) == 2
+    assert "--space-wheel needs --space" in capsys.readouterr().err
+    fake = tmp_path / "e5_omni-0.0.1-py3-none-any.whl"
+    fake.write_bytes(b"not a zip")
+    assert main(base + ["--space", "me/s", "--space-wheel", str(fake)]) == 2
+    assert fake.name in capsys.readouterr().err and not out.exists()

@@ -67,6 +67,13 @@ def add_push_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="the Space's corpus: a folder of images / audio / video / .txt (default: the bundled demo corpus)",
     )
+    p.add_argument(
+        "--space-wheel",
+        metavar="WHEEL",
+        default=None,
+        help="the e5-omni wheel the Space installs (its version must be this package's; default: $E5OMNI_SPACE_WHEEL, "
+        "else built from this install's source)",
+    )
     p.set_defaults(func=run_push_command)
     return p
 
@@ -80,9 +87,10 @@ def run_push_command(args: argparse.Namespace) -> int:
             print("push: --card-context must hold a JSON object", file=sys.stderr)
             return 2
     token = args.token
-    if args.space_corpus and not args.space:
-        print("push: --space-corpus needs --space", file=sys.stderr)
-        return 2
+    for flag, value in (("--space-corpus", args.space_corpus), ("--space-wheel", args.space_wheel)):
+        if value and not args.space:
+            print(f"push: {flag} needs --space", file=sys.stderr)
+            return 2
     model_dry_run, space_dry_run = args.dry_run, None
     if args.space:
         context = {**(context or {}), "space_id": args.space}
@@ -100,6 +108,7 @@ def run_push_command(args: argparse.Namespace) -> int:
                 revision=args.revision or "main",
                 corpus=args.space_corpus,
                 token=token,
+                wheel=args.space_wheel,
             )
         result = push_folder(
             args.folder,
@@ -124,6 +133,7 @@ def run_push_command(args: argparse.Namespace) -> int:
                     revision=result.commit_oid,
                     corpus=args.space_corpus,
                     token=token,
+                    wheel=args.space_wheel,
                 )
             push_space(staged_space, args.space, private=args.private, token=token, dry_run_dir=space_dry_run)
         if args.verify:
