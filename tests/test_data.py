@@ -669,3 +669,11 @@ def test_content_hash_treats_equivalent_array_layouts_as_one_item():
     same_video = [{"video": frames}, {"video": first}, {"video": torch.from_numpy(first)}]
     assert len({content_hash(form) for form in same_video}) == 1
     assert content_hash({"video": frames}) != content_hash({"video": frames[::-1].copy()})
+
+
+def test_resolve_media_path_names_a_symlink_loop(media: Path):
+    """A loop under the media root is a typed refusal naming the path, not a bare RuntimeError from pathlib."""
+    (media / "loop_a").symlink_to(media / "loop_b")
+    (media / "loop_b").symlink_to(media / "loop_a")
+    with pytest.raises(UnsafeMediaPathError, match="loop_a.*symlink loop"):
+        resolve_media_path(media, "loop_a")

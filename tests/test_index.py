@@ -409,7 +409,7 @@ def test_hub_sources_load_a_dataset_and_name_bad_rows(model, tmp_path, monkeypat
     real = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     summary = build_corpus(model, f"hub:{name}:train", tmp_path / "i", shard_size=2, show_progress_bar=True)
-    assert calls[0] == ((name,), {"split": "train"})
+    assert calls[0][0] == (name,) and calls[0][1]["split"] == "train"
     assert (summary.embedded, summary.failed) == (3, 1)
     rows, vectors = read_shards(tmp_path / "i")
     assert [(r["id"], r["modalities"]) for r in rows] == [
@@ -440,3 +440,16 @@ def test_hub_sources_load_a_dataset_and_name_bad_rows(model, tmp_path, monkeypat
     ds.remove_columns(["text", "image"]).to_parquet(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
     with pytest.raises(ValueError, match="no text, image, audio, video column"):
         list(iter_source(f"hub:{name}"))
+
+
+def test_hub_source_reads_a_save_to_disk_folder_of_one_dataset(model, tmp_path):
+    """`hub:FOLDER` where FOLDER is `Dataset.save_to_disk` output (not a DatasetDict, no split in the spec)."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"id": ["a", "b"], "text": ["a red square", "a blue circle"]})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    summary = build_corpus(model, f"hub:{tmp_path / 'saved'}", tmp_path / "i", shard_size=4)
+    assert (summary.embedded, summary.failed) == (2, 0)
+    rows, vectors = read_shards(tmp_path / "i")
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert np.abs(vectors[1] - model.encode_document(["a blue circle"])[0].numpy()).max() < 1e-5

@@ -51,7 +51,10 @@ def resolve_media_path(
     if ".." in re.split(r"[\\/]+", text):
         raise refuse("'..' components are not allowed")
     real_root = Path(root).resolve()
-    resolved = (real_root / text).resolve()
+    try:
+        resolved = (real_root / text).resolve()
+    except (RuntimeError, OSError) as err:  # Python 3.11: RuntimeError("Symlink loop from ..."); later: ELOOP
+        raise refuse(f"it cannot be resolved ({err}): a symlink loop") from None
     if resolved != real_root and real_root not in resolved.parents:
         raise refuse(f"it resolves to {resolved}, outside the media root {real_root} (symlink escape)")
     if resolved == real_root:

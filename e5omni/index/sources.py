@@ -414,22 +414,25 @@ def iter_table(path: str | os.PathLike, media_root: str | os.PathLike | None = N
 HUB_PREFIX = "hub:"
 
 
-def parse_hub(source: str) -> tuple[str, str]:
-    """`hub:NAME[:SPLIT]` -> (NAME, SPLIT); the split may hold colons itself (`train[:100]`)."""
+def _split_hub(source: str) -> tuple[str, str | None]:
+    """`hub:NAME[:SPLIT]` -> (NAME, SPLIT or None); the split may hold colons itself (`train[:100]`)."""
     name, _, split = source[len(HUB_PREFIX) :].partition(":")
     if not name:
         raise ValueError(f"{source!r}: expected hub:NAME or hub:NAME:SPLIT")
+    return name, split or None
+
+
+def parse_hub(source: str) -> tuple[str, str]:
+    """`hub:NAME[:SPLIT]` -> (NAME, SPLIT), the split "train" when none is named."""
+    name, split = _split_hub(source)
     return name, split or "train"
 
 
 def _load_hub(source: str, load_kwargs: dict[str, Any] | None = None):
-    import datasets
+    from e5omni.data.hf import open_hf_dataset
 
-    name, split = parse_hub(source)
-    ds = datasets.load_dataset(name, split=split, **(load_kwargs or {}))
-    if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split= always gives one Dataset
-        raise DataError(f"{source}: expected one split, got {list(ds)}")
-    return ds
+    # a Hub dataset, a datasets folder, or a save_to_disk folder of a Dataset (its own split) or a DatasetDict
+    return open_hf_dataset(*_split_hub(source), **(load_kwargs or {}))
 
 
 def iter_hub(
