@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def _prompt(item: dict, tokenizer, template: str):
+def _prompt(item: dict, tokenizer, template: str, fps: float):
     import numpy as np
     from PIL import Image
 
@@ -35,7 +35,17 @@ def _prompt(item: dict, tokenizer, template: str):
         data["audio"] = (np.load(item["audio"]).astype(np.float32), 16000)
     if item.get("video"):
         parts.append({"type": "video"})
-        data["video"] = np.load(item["video"])
+        frames = np.load(item["video"])
+        # Qwen2-VL / Qwen2.5-VL need the frames' metadata (vLLM refuses bare frames): already sampled, at the model's fps
+        metadata = {
+            "total_num_frames": len(frames),
+            "fps": fps,
+            "duration": len(frames) / fps,
+            "frames_indices": list(range(len(frames))),
+            "do_sample_frames": False,
+            "video_backend": "opencv",
+        }
+        data["video"] = (frames, metadata)
     if item.get("text") is not None:
         parts.append({"type": "text", "text": item["text"]})
     messages = []
@@ -56,7 +66,7 @@ def main(job_path: str, out_path: str) -> None:
     export = json.loads((Path(model) / "e5omni_export.json").read_text())
     template = (Path(model) / export["chat_template"]).read_text()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompts = [_prompt(item, tokenizer, template) for item in job["items"]]
+    prompts = [_prompt(item, tokenizer, template, export["fps"]) for item in job["items"]]
     limits = {"image": 1, "video": 1}
     if export["backbone_type"] == "qwen2_5_omni_thinker":
         limits["audio"] = 1
