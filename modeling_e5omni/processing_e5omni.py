@@ -180,9 +180,13 @@ class E5OmniProcessor:
             class_name = json.load(handle).get("backbone_processor_class")
         if class_name not in ("Qwen2_5OmniProcessor", "Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
             raise ValueError(f"unsupported backbone processor class {class_name!r} in {PROCESSOR_CONFIG}")
-        # The backbone processor, tokenizer and media processors are stock transformers classes, loaded by class:
-        # nothing here asks for remote code (the caller opted in, or not, for our own classes only).
-        backbone = getattr(transformers, class_name).from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        # The backbone processor, tokenizer and media processors are stock transformers classes, loaded by class with
+        # remote code off (the caller opted in, or not, for our own classes only). `config` is handed on so the
+        # tokenizer does not look config.json up through AutoConfig, which cannot know "e5omni" when only the
+        # remote code defines it (it asked "Do you wish to run the custom code?" on stdin, or warned).
+        backbone = getattr(transformers, class_name).from_pretrained(
+            pretrained_model_name_or_path, config=config, trust_remote_code=False, **hub_kwargs
+        )
         return cls(backbone, config)
 
     # ---------------------------------------------------------------------------------------------- messages

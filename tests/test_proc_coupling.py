@@ -36,7 +36,8 @@ def test_processor_loads_without_asking_for_remote_code(tmp_path, monkeypatch, b
     processor = E5OmniProcessor.from_pretrained(folder)
     assert type(processor.backbone_processor) is backbone_class
     assert processor.config.model_type == "e5omni"
-    assert processor_calls and not any(call.get("trust_remote_code") for call in processor_calls + auto_calls)
+    assert processor_calls and all(call.get("trust_remote_code") is False for call in processor_calls)
+    assert not any(call.get("trust_remote_code") for call in auto_calls)
     features = processor([{"text": "a cat", "image": make_image(0)}])
     assert features["input_ids"].shape[0] == 1
 
