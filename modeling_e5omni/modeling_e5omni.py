@@ -188,9 +188,30 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def check_embedding_contract(config: E5OmniConfig) -> None:
+    """The two config options both inference paths must honour alike: `pooling` "last" and `normalize` True.
+
+    `E5OmniModel` and the sentence-transformers stack ([E5OmniSTModule, Pooling(lasttoken), Normalize]) only
+    implement those; whitening, `truncate_dim`, `similarity` and the index's inner product assume unit vectors. A
+    config saying otherwise (set after construction, or edited in config.json) would make the paths disagree or do
+    nothing, so it is refused when the model is built and at every forward."""
+    if config.pooling != "last":
+        raise ValueError(
+            f"config.pooling={config.pooling!r} is not supported: e5-omni embeds the last attended position "
+            "('last'), on the AutoModel and sentence-transformers paths alike"
+        )
+    if config.normalize is not True:
+        raise ValueError(
+            f"config.normalize={config.normalize!r} is not supported: e5-omni embeddings are unit vectors on both "
+            "paths (sentence-transformers' Normalize module, whitening, truncate_dim and cosine scores rely on it)"
+        )
+
+
 class E5OmniPreTrainedModel(PreTrainedModel):
     config_class = E5OmniConfig
-    base_model_prefix = "e5omni"
+    # The attribute holding the bare backbone: transformers adds or strips this prefix when a checkpoint's keys lack
+    # or carry it (a bare backbone's weights load into `backbone.*`), and `model.base_model` returns it.
+    base_model_prefix = "backbone"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -226,6 +247,7 @@ class E5OmniModel(E5OmniPreTrainedModel):
     """Omni-modal embedding model. See `encode_query`, `encode_document` and `similarity`."""
 
     def __init__(self, config: E5OmniConfig):
+        check_embedding_contract(config)
         super().__init__(config)
         backbone_config = config.backbone_config
         if isinstance(backbone_config, dict):
@@ -293,6 +315,7 @@ class E5OmniModel(E5OmniPreTrainedModel):
     ) -> E5OmniOutput:
         if input_ids is None or attention_mask is None:
             raise ValueError("E5OmniModel.forward needs input_ids and attention_mask (use the processor)")
+        check_embedding_contract(self.config)
         backbone_inputs = {k: v for k, v in inputs.items() if k in BACKBONE_INPUTS and v is not None}
         video_audio = inputs.get("video_audio")
         if video_audio is not None and bool(video_audio.any()):  # videos with their audio track interleaved
@@ -315,8 +338,7 @@ class E5OmniModel(E5OmniPreTrainedModel):
             unit = nn.functional.normalize(
                 (unit - self.alignment.whitening_mean) @ self.alignment.whitening_matrix, dim=-1
             )
-        embeddings = unit if self.config.normalize else pooled
-        return E5OmniOutput(embeddings=embeddings, last_hidden_state=hidden, modality_mask=modality_mask)
+        return E5OmniOutput(embeddings=unit, last_hidden_state=hidden, modality_mask=modality_mask)
 
     def _audio_in_video_inputs(self, input_ids, attention_mask, modality_mask, video_audio, inputs) -> dict:
         """Qwen2.5-Omni's position ids take one `use_audio_in_video` flag per call. When every video of the batch
@@ -507,4 +529,11 @@ def register() -> None:
 E5OmniConfig.register_for_auto_class()
 E5OmniModel.register_for_auto_class("AutoModel")
 
-__all__ = ["E5OmniModel", "E5OmniPreTrainedModel", "E5OmniOutput", "last_token_pool", "truncate_embeddings"]
+__all__ = [
+    "check_embedding_contract",
+    "E5OmniModel",
+    "E5OmniPreTrainedModel",
+    "E5OmniOutput",
+    "last_token_pool",
+    "truncate_embeddings",
+]

@@ -165,3 +165,44 @@ def test_running_whitening_stats_update_only_in_training_with_grad():
     got = torch.linalg.eigvalsh(torch.cov(white.T).double()).sort().values
     assert (got - expected).abs().max() < 1e-3
     assert (got[-20:] > 0.5).all()
+
+
+# ------------------------------------------------------------------------------- config options both paths honour
+def _config_of(model, **changes) -> E5OmniConfig:
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.mark.parametrize(("key", "value"), [("normalize", False), ("pooling", "mean")])
+def test_options_the_paths_would_disagree_on_are_refused_at_construction(omni_model, key, value):
+    """`normalize=False` made AutoModel return raw pooled vectors while sentence-transformers' Normalize module still
+    normalised them (and dropped whitening): refused when the model is built, naming the option."""
+    with pytest.raises(ValueError, match=rf"config\.{key}={value!r} is not supported"):
+        E5OmniModel(_config_of(omni_model, **{key: value}))
+
+
+def test_options_changed_after_construction_are_refused_at_forward(omni_model):
+    omni_model.config.normalize = False
+    try:
+        with pytest.raises(ValueError, match=r"config\.normalize=False is not supported"):
+            omni_model.encode_document(["x"])
+    finally:
+        omni_model.config.normalize = True
+    assert torch.isfinite(omni_model.encode_document(["x"])).all()
+
+
+def test_base_model_prefix_names_the_backbone(omni_model, tmp_path):
+    """`base_model_prefix` is the attribute holding the backbone: `base_model` is it, and a checkpoint saved from the
+    bare backbone (keys without `backbone.`) loads into E5OmniModel's backbone, only the alignment state missing."""
+    assert E5OmniModel.base_model_prefix == "backbone" and omni_model.base_model is omni_model.backbone
+    omni_model.backbone.save_pretrained(tmp_path)  # bare backbone weights: language_model.*, visual.*, audio_tower.*
+    omni_model.config.save_pretrained(tmp_path)  # our config.json over the backbone's
+    loaded, info = E5OmniModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and all(key.startswith("alignment.") for key in info["missing_keys"])
+    mine = omni_model.backbone.state_dict()
+    theirs = loaded.backbone.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
