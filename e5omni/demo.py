@@ -2,8 +2,8 @@
 
 1. builds the embedded tiny Qwen2.5-Omni model (seeded, offline);
 2. evaluates retrieval on the held-out split of the bundled synthetic omni dataset (every modality pair);
-3. fine-tunes with the full e5-omni recipe from `configs/demo.yaml` (temperatures, curriculum + DCL, whitening +
-   CORAL), measuring retrieval on the held-out split every `eval_steps` (`OmniRetrievalEvaluator`): the log shows
+3. fine-tunes with the full e5-omni recipe `DEMO_RECIPE` (= configs/demo.yaml: temperatures, curriculum + DCL, whitening
+   + CORAL), measuring retrieval on the held-out split every `eval_steps` (`OmniRetrievalEvaluator`): the log shows
    R@1 (Hit@1) and MRR climbing;
 4. evaluates again and prints a before/after table (R@1 per modality pair, overall) and the learned temperatures;
 5. saves a Hub-ready folder to DIR/model, reloads it through `AutoModel(..., trust_remote_code=True)` and
@@ -17,7 +17,53 @@ import json
 import time
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+#: The demo recipe, part of the package (a wheel has no configs/ folder, and the working directory is the user's):
+#: `configs/demo.yaml` in the repository is this same text, for `e5omni train --config configs/demo.yaml`
+#: (tests/test_proc_demo_config.py keeps the two identical).
+DEMO_RECIPE = """\
+# Tiny model on CPU: the full e5-omni recipe on the bundled synthetic dataset (used by `make demo`).
+model_name_or_path: tiny:qwen2.5-omni
+use_peft: false            # the tiny model is trained in full; the 3B/7B recipes use LoRA
+train_data: synthetic:train
+synthetic_size: 1536        # x 12 epochs / 32 per batch = 576 steps, ~2-3 min on 2 CPU cores
+synthetic_difficulty: 0.5
+output_dir: demo-output/checkpoints
+num_train_epochs: 12
+per_device_train_batch_size: 32
+learning_rate: 0.001
+warmup_steps: 5
+lr_scheduler_type: linear
+logging_steps: 48
+eval_steps: 96              # `make demo` evaluates retrieval on the held-out split every 96 steps (R@1, MRR in the log);
+                            # `e5omni train` evaluates only with --eval_data and --eval_strategy steps
+save_strategy: "no"
+report_to: none
+use_cpu: true
+seed: 0
+# the recipe (docs/paper.md): temperatures, curriculum, DCL, whitening + CORAL
+temperature_init: 0.02
+temperature_lr: 0.05        # log tau moves ~lr per step; at the backbone's 1e-3 tau would barely leave 0.02 in a demo
+rho_init: 0.1
+rho_final: 0.5
+curriculum_warmup_steps: 40
+gamma_plus: 0.1
+lambda_coral: 0.05
+"""
+
+
+def resolve_demo_config(config: str | Path | None, output_dir: str | Path) -> Path:
+    """The recipe file the demo trains with: `config` when given (a path, relative to the working directory, that
+    must exist), else the packaged `DEMO_RECIPE`, written to OUTPUT_DIR/recipe.yaml (so the run records what it
+    ran). Nothing is looked up in the repository or the working directory."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"demo recipe not found: {path.resolve()} (--config names a YAML file)")
+        return path
+    path = Path(output_dir) / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEMO_RECIPE, encoding="utf-8")
+    return path
 
 
 def _table(before: dict, after: dict) -> str:
@@ -71,10 +117,8 @@ def run_demo(output_dir: str | Path = "demo-output", config: str | Path | None =
     from e5omni.train.trainer import E5OmniTrainer
 
     start = time.perf_counter()
-    config = Path(config) if config else DEMO_CONFIG
-    if not config.is_file():
-        raise FileNotFoundError(f"demo recipe not found: {config} (run from a checkout, or pass --config)")
     output_dir = Path(output_dir)
+    config = resolve_demo_config(config, output_dir)
     model_args, data_args, args = parse_recipe(
         [
             "--config",
