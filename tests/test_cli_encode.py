@@ -101,3 +101,21 @@ def test_bad_items_fail_with_one_line_naming_the_item(setup, capsys):
         assert not out and len(errors) == 1 and errors[0].startswith("encode: "), (args, err)
         for needle in needles:
             assert needle in errors[0], (args, needle, err)
+
+
+def test_one_inference_loader_for_the_cli_and_mteb(tmp_path, monkeypatch):
+    """`e5omni.loading.load_inference_model` is the one load-and-place step: the CLI and the mteb encoder call it."""
+    from e5omni import loading
+    from e5omni.cli.common import load_inference_model
+    from e5omni.evaluation.mteb_encoder import _load
+    from e5omni.tiny import build_tiny
+
+    folder = build_tiny(tmp_path / "m", backbone="qwen2-vl")
+    model = loading.load_inference_model(folder, device="cpu")
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    calls = []
+    real = loading.load_inference_model
+    monkeypatch.setattr(loading, "load_inference_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    load_inference_model(str(folder))
+    _load(str(folder), None, "cpu")
+    assert [a[0] for a, _ in calls] == [str(folder), str(folder)] and calls[1][1] == {"revision": None, "device": "cpu"}

@@ -17,9 +17,8 @@ def positive_int(text: str) -> int:
 
 
 def load_inference_model(name: str):
-    """A saved model folder or Hub id through AutoModel (remote code), on the GPU when there is one."""
-    import torch
-    from transformers import AutoModel
+    """A saved model folder or Hub id, ready for inference (`e5omni.loading.load_inference_model`: AutoModel with
+    remote code, eval mode, on the GPU when there is one)."""
+    from e5omni.loading import load_inference_model as load
 
-    model = AutoModel.from_pretrained(name, trust_remote_code=True)
-    return model.to("cuda") if torch.cuda.is_available() else model
+    return load(name)

@@ -1,0 +1,282 @@
+"""The mteb encoder of e5-omni (:class:`E5OmniMTEBEncoder`, :func:`mteb_model`) and how mteb's rows become our items.
+
+Part of the [mteb] integration; :mod:`e5omni.evaluation.mteb_model` re-exports the public names (see its docstring).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e5omni.evaluation.errors import EvaluationError
+
+try:  # the [mteb] extra; everything below needs it
+    import mteb  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("e5omni.evaluation.mteb_model needs mteb: pip install 'e5-omni[mteb]'") from err
+from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
+from mteb.models.abs_encoder import AbsEncoder, get_prompt_name  # noqa: E402
+from mteb.types import PromptType  # noqa: E402
+
+from e5omni.evaluation.mteb_meta import e5omni_model_meta  # noqa: E402
+
+__all__ = ["E5OmniMTEBEncoder", "mteb_model"]
+
+
+def _load(source: str, revision: str | None, device: str | None):
+    """A folder or Hub id through the one inference loader (`e5omni.loading.load_inference_model`)."""
+    from e5omni.loading import load_inference_model
+
+    return load_inference_model(source, revision=revision, device=device)
+
+
+class E5OmniMTEBEncoder(AbsEncoder):
+    """An mteb encoder around an ``E5OmniModel``; build it with :func:`mteb_model`.
+
+    Also the ``loader`` of its own ``ModelMeta``: ``E5OmniMTEBEncoder(name, revision, path=FOLDER)`` reloads it, so
+    ``meta.load_model()`` works.
+    """
+
+    def __init__(
+        self,
+        model_name: Any,
+        revision: str | None = None,
+        device: str | None = None,
+        *,
+        path: str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
+        instructions: Mapping[str, str] | None = None,
+        document_instructions: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"E5OmniMTEBEncoder got unexpected arguments {sorted(kwargs)}")
+        if isinstance(model_name, str | os.PathLike):
+            source = str(path if path is not None else model_name)
+            self.model = _load(source, revision, device)
+            name = str(model_name) if path is not None else None
+        else:  # an in-memory model; `source`: the folder / Hub id it was loaded from, for its ModelMeta
+            self.model, name = model_name, None
+            source = str(source) if source is not None else None
+            if device is not None:
+                self.model.to(device)
+        if not hasattr(self.model, "encode_query") or not hasattr(self.model.config, "modalities"):
+            raise EvaluationError(f"expected an e5-omni model (E5OmniModel), got {type(self.model).__name__}")
+        self.instructions = dict(instructions) if instructions else None
+        self.document_instructions = document_instructions
+        self.source = source
+        self.mteb_model_meta = e5omni_model_meta(
+            self.model, source=source, name=name, revision=revision, overrides=meta,
+            loader_kwargs={"instructions": self.instructions, "document_instructions": document_instructions},
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- instructions
+    def task_instruction(self, task_metadata: TaskMetadata, prompt_type: PromptType | None) -> str | None:
+        """The ``instruction`` items of this task and role get (None: none). See the module docstring for the rules."""
+        if self.instructions:
+            key = get_prompt_name(self.instructions, task_metadata, prompt_type)
+            if key is not None:
+                return self.instructions[key] or None
+        prompt = task_metadata.prompt
+        if isinstance(prompt, Mapping):
+            return (prompt.get(prompt_type.value) if prompt_type is not None else None) or None
+        if prompt_type is PromptType.query or (prompt_type is PromptType.document and self.document_instructions):
+            return prompt or None
+        return None
+
+    # ------------------------------------------------------------------------------------------------ encode
+    def encode(
+        self,
+        inputs,
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Embed an mteb DataLoader: (N, D) float32, rows in the DataLoader's order."""
+        role = "query" if prompt_type is PromptType.query else "document"
+        instruction = self.task_instruction(task_metadata, prompt_type)
+        batch_size = int(kwargs.get("batch_size") or getattr(inputs, "batch_size", None) or 32)
+        show = kwargs.get("show_progress_bar")
+        where = f"mteb task {task_metadata.name} ({hf_subset}/{hf_split}), {role}"
+        chunks: list[np.ndarray] = []
+        start = 0
+        with tempfile.TemporaryDirectory(prefix="e5omni-mteb-") as tmp:
+            for rows in _row_chunks(inputs, max(batch_size, 256)):
+                items = [_to_item(row, role, instruction, Path(tmp)) for row in rows]
+                chunks.append(self._encode_items(items, rows, role, batch_size, show, start, where))
+                start += len(rows)
+        if not chunks:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def _encode_items(self, items, rows, role, batch_size, show, start, where) -> np.ndarray:
+        from modeling_e5omni.inputs_e5omni import E5OmniInputError
+
+        try:
+            return np.asarray(
+                self.model.encode(
+                    items, role=role, batch_size=batch_size, show_progress_bar=show, convert_to_numpy=True
+                ),
+                dtype=np.float32,
+            )
+        except E5OmniInputError as err:
+            if err.index is None:
+                raise
+            row = rows[err.index]
+            row_id = row.get("id") if isinstance(row, Mapping) else None
+            raise type(err)(
+                f"{err.reason} [{where} row {start + err.index}, id {row_id!r}]", start + err.index
+            ) from err
+
+    def similarity(self, embeddings1, embeddings2):
+        """Cosine similarity, as ``evaluate_retrieval`` ranks (mteb's own ``cos_sim``)."""
+        from mteb.similarity_functions import cos_sim
+
+        return cos_sim(embeddings1, embeddings2)
+
+
+def mteb_model(
+    model: Any,
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    instructions: Mapping[str, str] | None = None,
+    document_instructions: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    source: str | os.PathLike | None = None,
+) -> E5OmniMTEBEncoder:
+    """An mteb encoder for an e5-omni folder, Hub id or in-memory ``E5OmniModel``: ``mteb.evaluate(mteb_model(X), tasks)``.
+
+    ``instructions``: per-task / per-task-type / per-role instructions (mteb's key rules), overriding the tasks' own.
+    ``document_instructions``: also give documents a task's plain-string instruction (default: queries only, as
+    e5-omni was trained). ``meta``: ``ModelMeta`` fields to set or correct (e.g. ``{"license": "apache-2.0",
+    "training_datasets": {...}}``); they are validated by mteb. ``source``: for an in-memory ``model``, the folder or
+    Hub id it was loaded from (its card, files and name then go into the meta; the revision stays the fingerprint of
+    the weights in memory unless ``revision`` is given).
+    """
+    return E5OmniMTEBEncoder(
+        model,
+        revision,
+        device,
+        source=source,
+        instructions=instructions,
+        document_instructions=document_instructions,
+        meta=meta,
+    )
+
+
+# =====================================================================================================================
+# mteb rows -> our items
+# =====================================================================================================================
+
+
+def _undecoded(dataset):
+    """The dataset with its Audio / Video columns left undecoded (bytes / path), so torchcodec is never needed."""
+    from datasets import Audio, Video
+
+    for column, feature in dataset.features.items():
+        if isinstance(feature, Audio | Video) and feature.decode:
+            dataset = dataset.cast_column(column, type(feature)(decode=False))
+    return dataset
+
+
+def _row_chunks(inputs, size: int) -> Iterator[list[dict[str, Any]]]:
+    """Rows of an mteb DataLoader, ``size`` at a time, in order: read from its ``datasets.Dataset`` directly
+    (undecoded media), or, for any other dataset, from the DataLoader's own batches."""
+    from datasets import Dataset
+
+    dataset = getattr(inputs, "dataset", None)
+    if isinstance(dataset, Dataset):
+        dataset = _undecoded(dataset)
+        for begin in range(0, len(dataset), size):
+            batch = dataset[begin : begin + size]
+            yield _batch_rows(batch)
+        return
+    for batch in inputs:
+        yield _batch_rows(batch)
+
+
+def _batch_rows(batch: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    columns = list(batch)
+    n = len(batch[columns[0]]) if columns else 0
+    return [{column: batch[column][i] for column in columns} for i in range(n)]
+
+
+def _media_file(value: Mapping[str, Any], tmp: Path, kind: str) -> str:
+    """A path to the undecoded media ``{"bytes", "path"}``: its own file, or its bytes written under ``tmp``."""
+    data, path = value.get("bytes"), value.get("path")
+    if data is None:
+        if path is None:
+            raise EvaluationError(f"{kind} value has neither bytes nor a path: {sorted(value)}")
+        return str(path)
+    suffix = Path(str(path)).suffix if path else (".mp4" if kind == "video" else ".wav")
+    fd, name = tempfile.mkstemp(suffix=suffix or ".bin", dir=tmp)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return name
+
+
+def _audio(value: Any, tmp: Path) -> Any:
+    if isinstance(value, Mapping) and "array" in value:
+        return {"array": np.asarray(value["array"], dtype=np.float32), "sampling_rate": value["sampling_rate"]}
+    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
+        return _media_file(value, tmp, "audio")
+    if hasattr(value, "get_all_samples"):  # a torchcodec AudioDecoder a custom collator handed over
+        samples = value.get_all_samples()
+        return {"array": samples.data.mean(0).numpy(), "sampling_rate": samples.sample_rate}
+    return np.asarray(value, dtype=np.float32) if isinstance(value, list) else value
+
+
+def _video(value: Any, tmp: Path) -> Any:
+    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
+        return _media_file(value, tmp, "video")
+    if isinstance(value, list):
+        return np.asarray(value, dtype=np.uint8)
+    if hasattr(value, "get_frames_in_range"):  # a torchcodec VideoDecoder: all frames, (T, 3, H, W)
+        return value.get_frames_in_range(0, value.metadata.num_frames).data
+    return value  # an array or tensor: (T, H, W, 3) or (T, 3, H, W), both accepted by the model
+
+
+def _image(value: Any) -> Any:
+    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
+        from PIL import Image
+
+        return Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") is not None else value["path"]
+    return value
+
+
+def _to_item(row: Mapping[str, Any], role: str, instruction: str | None, tmp: Path) -> dict[str, Any]:
+    """One mteb row -> one e5-omni item dict (what the model's ``check_item`` then validates)."""
+    item: dict[str, Any] = {}
+    text = row.get("text")
+    if role == "query" and row.get("query") is not None:
+        text = row["query"]  # mteb's "text" has the instruction appended; "query" is the query itself
+    elif row.get("body") is not None and not row.get("title"):
+        text = row["body"]  # mteb's "text" is the title + body, stripped; without a title, "body" is the text as given
+    if isinstance(text, str):
+        item["text"] = text
+    elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+        item["text"] = "; ".join(text)  # a conversation given as a list of turns
+    elif text is not None:
+        item["text"] = text  # the model's check names what is wrong with it
+    if row.get("image") is not None:
+        item["image"] = _image(row["image"])
+    if row.get("audio") is not None:
+        item["audio"] = _audio(row["audio"], tmp)
+    if row.get("video") is not None:
+        item["video"] = _video(row["video"], tmp)
+    own = row.get("instruction")
+    chosen = own if isinstance(own, str) and own.strip() else instruction
+    if chosen:
+        item["instruction"] = chosen
+    return item
