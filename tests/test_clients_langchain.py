@@ -40,7 +40,7 @@ def test_adapter_in_langchains_vector_store_ranks_with_the_model_scores(folder):
     assert _close(embeddings.embed_documents(DOCS), model.encode_document(DOCS))
     assert embeddings.embed_documents([]) == []
     path = str(folder / "img0.png")
-    assert _close(embeddings.embed_image([path]), model.encode_document([{"image": path}]))
+    assert _close(embeddings.embed_image(uris=[path]), model.encode_document([{"image": path}]))
 
     store = InMemoryVectorStore.from_texts(DOCS, embedding=embeddings)
     hits = store.similarity_search_with_score(QUERY, k=3)
