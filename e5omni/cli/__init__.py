@@ -9,6 +9,9 @@
     e5omni demo [--output-dir DIR]
     e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|ivf|ivfpq|hnsw]
     e5omni search DIR [--text STR] [--image PATH] [--audio PATH] [--video PATH] [--instruction STR] [-k N] [--json]
+    e5omni mine MODEL --data SPEC --out FILE.jsonl [--corpus DIR] [--num-negatives K] [--range-min N] [--range-max N]
+        [--max-score S] [--min-score S] [--absolute-margin M] [--relative-margin R] [--same-modality] [--resume]
+        [--engine local|ray]
     e5omni export MODEL OUT [--format vllm] [--dtype float32|bfloat16|float16] [--overwrite]
     e5omni app DIR [--model M] [--source FOLDER|TABLE] [--media-root DIR] [--host 127.0.0.1] [--port 7860]
 
@@ -55,16 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     from e5omni.cli.app import add_app_parser
     from e5omni.cli.evaluate import add_eval_parser
+    from e5omni.cli.export import add_export_parser
     from e5omni.cli.index import add_index_parsers
+    from e5omni.cli.mine import add_mine_parser
     from e5omni.cli.publish import add_push_parser
 
     add_eval_parser(sub)
     add_index_parsers(sub)
+    add_mine_parser(sub)
     add_app_parser(sub)
     add_push_parser(sub)
-
-    from e5omni.cli.export import add_export_parser
-
     add_export_parser(sub)
 
     p = sub.add_parser("demo", help="tiny model: evaluate, fine-tune with the full recipe, evaluate, save, reload")
