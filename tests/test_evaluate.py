@@ -438,3 +438,27 @@ def test_eval_cli_reports_a_bad_data_spec_in_one_line(tmp_path, capsys):
         assert args.func(args) == 2, spec
         err = capsys.readouterr().err
         assert err.startswith("e5omni eval: ") and message in err and err.count("\n") == 1, err
+
+
+def test_eval_plots_find_the_training_log_in_the_runs_output_dir(tmp_path, capsys):
+    """Defect 6: `e5omni train --release_dir R` writes trainer_state.json into its --output_dir, not into R; eval
+    takes that folder with --trainer-state and draws the temperatures; a wrong one fails before encoding."""
+    release = build_tiny(tmp_path / "runs" / "release", seed=0)
+    output_dir = tmp_path / "demo-output" / "checkpoints"
+    output_dir.mkdir(parents=True)
+    log = [
+        {"step": s, "tau_text": 0.02 - s * 1e-4, "tau_image": 0.02, "tau_audio": 0.021, "tau_video": 0.019}
+        for s in (1, 2, 3)
+    ]
+    (output_dir / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    common = ["eval", str(release), "--data", "synthetic:test", "--limit", "12", "--plots", str(tmp_path / "plots")]
+    args = _eval_parser().parse_args([*common, "--trainer-state", str(output_dir)])
+    assert args.func(args) == 0
+    assert (tmp_path / "plots" / "temperatures.png").is_file()
+    args = _eval_parser().parse_args([*common, "--trainer-state", str(tmp_path / "nowhere")])
+    args.model = str(tmp_path / "no-such-model")  # never loaded: the log is checked first
+    assert args.func(args) == 2
+    assert "--trainer-state" in capsys.readouterr().err
+    args = _eval_parser().parse_args(common)
+    assert args.func(args) == 0
+    assert "not into --release_dir; pass --trainer-state" in capsys.readouterr().err

@@ -71,6 +71,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 2
     if args.data is None:
         return _run_mteb(args, load_inference_model(args.model), None, None)
+    log = _trainer_state(args) if args.plots else None  # a wrong --trainer-state fails before any encoding
     examples = load_data_spec(args.data, split="test", media_root=args.media_root, limit=args.limit)
     corpus = to_corpus(examples)
     model = load_inference_model(args.model)
@@ -100,14 +101,33 @@ def _run_eval(args: argparse.Namespace) -> int:
             f"wrote {write_markdown(metrics, args.markdown, diagnostics=diagnostics, title=title, visual_document_pairs=visdoc)}"
         )
     if args.plots:
-        log = args.trainer_state
-        if log is None and (Path(args.model) / "trainer_state.json").is_file():
-            log = Path(args.model) / "trainer_state.json"
         if log is None:
-            print("no trainer_state.json found (use --trainer-state): skipping the temperature plot", file=sys.stderr)
+            print(
+                f"no trainer_state.json in {args.model}: skipping the temperature plot. `e5omni train` writes it into "
+                "its --output_dir (configs/demo.yaml: demo-output/checkpoints), not into --release_dir; pass "
+                "--trainer-state with that folder or file",
+                file=sys.stderr,
+            )
         for path in write_plots(corpus, embeddings, args.plots, log_history=log):
             print(f"wrote {path}")
     return status
+
+
+def _trainer_state(args: argparse.Namespace) -> Path | None:
+    """The training log of the temperature plot: --trainer-state (a trainer_state.json, or the folder holding one:
+    the training run's --output_dir or a checkpoint), else MODEL/trainer_state.json when the model folder has one,
+    else None. A --trainer-state that names nothing readable is an error (exit 2), found before anything is encoded."""
+    if args.trainer_state is not None:
+        path = Path(args.trainer_state)
+        path = path / "trainer_state.json" if path.is_dir() else path
+        if not path.is_file():
+            raise EvaluationError(
+                f"--trainer-state {args.trainer_state}: no trainer_state.json there (expected the file, or the "
+                "folder `e5omni train` wrote it to: its --output_dir)"
+            )
+        return path
+    beside = Path(args.model) / "trainer_state.json"
+    return beside if beside.is_file() else None
 
 
 def _mteb_output(args: argparse.Namespace) -> Path:
@@ -209,7 +229,13 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the full report (metrics, headline, diagnostics) as JSON")
     p.add_argument("--markdown", default=None, help="write the metrics and diagnostics tables as Markdown")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots into DIR")
-    p.add_argument("--trainer-state", default=None, help="trainer_state.json for the temperature plot")
+    p.add_argument(
+        "--trainer-state",
+        default=None,
+        metavar="PATH",
+        help="the training log for the temperature plot: a trainer_state.json or the folder holding it (e5omni "
+        "train's --output_dir); default MODEL/trainer_state.json when present",
+    )
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--ks", type=_ks, default=(1, 5, 10), help="cut-offs, comma-separated (default 1,5,10)")
     p.add_argument("--cache", default=None, help="an .npz embedding cache (reused and extended; one per model)")
