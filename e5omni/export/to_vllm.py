@@ -96,6 +96,11 @@ _PRELUDE = """{#- e5-omni embedding template (e5omni export --format vllm): one 
 {%- endfor -%}
 {%- endif -%}
 {%- endfor -%}
+{#- a video's own sound track (Qwen2.5-Omni, request `"chat_template_kwargs": {"use_audio_in_video": true}` with the
+    same `mm_processor_kwargs`): vLLM interleaves that audio inside the video placeholder, so it gets none of its own -#}
+{%- if use_audio_in_video is defined and use_audio_in_video and ns.videos -%}
+{%- set ns.audios = ns.audios[ns.videos | length:] -%}
+{%- endif -%}
 {%- set parts = ns.images + ns.audios + ns.videos -%}
 {%- if ns.prefix ~ ns.text -%}{%- set parts = parts + [{'type': 'text', 'text': ns.prefix ~ ns.text}] -%}{%- endif -%}
 {%- set messages = [{'role': 'user', 'content': parts}] -%}
