@@ -193,7 +193,8 @@ MOCK_RETRIEVAL = {  # task -> (query item keys, document item keys) the model mu
 MOCK_AUDIO = ["MockAny2AnyRetrievalT2A", "MockAny2AnyRetrievalA2T", "MockAny2AnyRetrievalA2A"]
 
 
-def test_mteb_mock_retrieval_tasks_for_every_modality_pair(omni_model):
+def test_mteb_mock_retrieval_tasks_for_every_modality_pair(omni_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("E5OMNI_MEDIA_CACHE", str(tmp_path / "media"))
     encoder = mteb_model(omni_model)
     tasks = [ALL_MOCK_TASK_REGISTRY[name]() for name in MOCK_RETRIEVAL]
     with _Spy(omni_model) as spy:
@@ -209,7 +210,8 @@ def test_mteb_mock_retrieval_tasks_for_every_modality_pair(omni_model):
         assert frozenset(query_keys) in roles["query"] and frozenset(doc_keys) in roles["document"]
     # mteb's videos (mp4 bytes) reached the model as files our media code decodes; instructions as instructions
     videos = [item["video"] for _, items in spy.calls for item in items if "video" in item]
-    assert videos and all(isinstance(v, str) and v.endswith(".mp4") for v in videos)
+    # (files of the datasets adapter's content-addressed cache, named by the bytes' SHA-256)
+    assert videos and all(isinstance(v, str) and Path(v).parent == tmp_path / "media" for v in videos)
     instructed = [item for role, items in spy.calls if role == "query" for item in items if "instruction" in item]
     assert {i["instruction"] for i in instructed} == {"This is a test instruction", "This is another test instruction"}
 
@@ -291,3 +293,33 @@ def test_cli_mteb_errors_are_named(folder, tmp_path, capsys):
     assert main(["eval", str(folder), "--mteb", "local"]) == 2
     assert "give --data" in capsys.readouterr().err
     assert main(["eval", str(folder)]) == 2
+
+
+def test_mteb_media_values_go_through_the_datasets_adapter(omni_model, tmp_path, monkeypatch):
+    """mteb's media values are read by the one datasets media adapter (`media_value_to_item`): audio bytes are read
+    no further than the model's budget (with a warning naming the row), and a value with only a relative path is
+    refused naming the task, row and column instead of being resolved against the working directory."""
+    import io
+
+    import soundfile
+
+    from e5omni.data.errors import DataError, Where
+    from e5omni.evaluation.mteb_encoder import _to_item
+
+    monkeypatch.setenv("E5OMNI_MEDIA_CACHE", str(tmp_path / "media"))
+    buffer = io.BytesIO()
+    soundfile.write(buffer, make_audio(1, seconds=3.0)["array"], 16000, format="WAV")
+    where = Where("mteb task T (default/test), document", 4, "row")
+    with pytest.warns(UserWarning, match=r"row 4.*'audio'.*truncated to max_audio_seconds=1"):
+        item = _to_item({"audio": {"bytes": buffer.getvalue(), "path": "a.wav"}}, "document", None, where, 1.0)
+    assert item["audio"]["array"].shape == (16000,) and item["audio"]["sampling_rate"] == 16000
+    with pytest.raises(DataError, match=r"row 4.*relative path 'clip\.mp4'"):
+        _to_item({"video": {"bytes": None, "path": "clip.mp4"}}, "document", None, where, 30.0)
+    # and through the encoder: a bad row's error names the mteb row, nothing is read from the cwd
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    monkeypatch.chdir(tmp_path)
+    encoder = mteb_model(omni_model)
+    rows = Dataset.from_dict({"id": ["d0"], "video": [{"bytes": None, "path": "clip.mp4"}]})
+    metadata = ALL_MOCK_TASK_REGISTRY["MockVideoRetrievalT2V"]().metadata
+    with pytest.raises(DataError, match=r"row 0, column 'video'"):
+        encoder.encode(DataLoader(rows, batch_size=2), task_metadata=metadata, hf_split="test", hf_subset="default")

@@ -5,15 +5,13 @@ Part of the [mteb] integration; :mod:`e5omni.evaluation.mteb_model` re-exports t
 
 from __future__ import annotations
 
-import io
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from e5omni.data.errors import Where
 from e5omni.evaluation.errors import EvaluationError
 
 try:  # the [mteb] extra; everything below needs it
@@ -110,11 +108,13 @@ class E5OmniMTEBEncoder(AbsEncoder):
         where = f"mteb task {task_metadata.name} ({hf_subset}/{hf_split}), {role}"
         chunks: list[np.ndarray] = []
         start = 0
-        with tempfile.TemporaryDirectory(prefix="e5omni-mteb-") as tmp:
-            for rows in _row_chunks(inputs, max(batch_size, 256)):
-                items = [_to_item(row, role, instruction, Path(tmp)) for row in rows]
-                chunks.append(self._encode_items(items, rows, role, batch_size, show, start, where))
-                start += len(rows)
+        budget = self.model.config.max_audio_seconds
+        for rows in _row_chunks(inputs, max(batch_size, 256)):
+            items = [
+                _to_item(row, role, instruction, Where(where, start + i, "row"), budget) for i, row in enumerate(rows)
+            ]
+            chunks.append(self._encode_items(items, rows, role, batch_size, show, start, where))
+            start += len(rows)
         if not chunks:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         return np.concatenate(chunks)
@@ -212,50 +212,37 @@ def _batch_rows(batch: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [{column: batch[column][i] for column in columns} for i in range(n)]
 
 
-def _media_file(value: Mapping[str, Any], tmp: Path, kind: str) -> str:
-    """A path to the undecoded media ``{"bytes", "path"}``: its own file, or its bytes written under ``tmp``."""
-    data, path = value.get("bytes"), value.get("path")
-    if data is None:
-        if path is None:
-            raise EvaluationError(f"{kind} value has neither bytes nor a path: {sorted(value)}")
-        return str(path)
-    suffix = Path(str(path)).suffix if path else (".mp4" if kind == "video" else ".wav")
-    fd, name = tempfile.mkstemp(suffix=suffix or ".bin", dir=tmp)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    return name
+def _media(value: Any, kind: str, where: Where, max_audio_seconds: float) -> Any:
+    """One mteb media value -> the item's field. What `datasets` stores (undecoded ``{"bytes", "path"}`` values, raw
+    bytes, paths, PIL images, ``{"array", "sampling_rate"}`` audio, frame lists) goes through the one datasets media
+    adapter, `e5omni.data.features.media_value_to_item` (bytes win over a stored path, audio bytes read no further
+    than the budget, video bytes handed on as a content-addressed file our media code decodes); what only mteb's
+    collators hand over is converted here: torchcodec decoders, and arrays / tensors, which the model takes as they
+    are (videos ``(T, H, W, 3)`` or mteb's ``(T, 3, H, W)``; the model checks the layout)."""
+    from e5omni.data.features import media_value_to_item
 
-
-def _audio(value: Any, tmp: Path) -> Any:
-    if isinstance(value, Mapping) and "array" in value:
-        return {"array": np.asarray(value["array"], dtype=np.float32), "sampling_rate": value["sampling_rate"]}
-    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
-        return _media_file(value, tmp, "audio")
-    if hasattr(value, "get_all_samples"):  # a torchcodec AudioDecoder a custom collator handed over
+    if kind == "audio" and hasattr(value, "get_all_samples"):  # a torchcodec AudioDecoder
         samples = value.get_all_samples()
         return {"array": samples.data.mean(0).numpy(), "sampling_rate": samples.sample_rate}
-    return np.asarray(value, dtype=np.float32) if isinstance(value, list) else value
-
-
-def _video(value: Any, tmp: Path) -> Any:
-    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
-        return _media_file(value, tmp, "video")
-    if isinstance(value, list):
-        return np.asarray(value, dtype=np.uint8)
-    if hasattr(value, "get_frames_in_range"):  # a torchcodec VideoDecoder: all frames, (T, 3, H, W)
+    if kind == "video" and hasattr(value, "get_frames_in_range"):  # a torchcodec VideoDecoder: (T, 3, H, W)
         return value.get_frames_in_range(0, value.metadata.num_frames).data
-    return value  # an array or tensor: (T, H, W, 3) or (T, 3, H, W), both accepted by the model
+    import torch
+
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return value  # an array or tensor: the model checks its shape and dtype
+    if kind == "audio" and isinstance(value, list):
+        return np.asarray(value, dtype=np.float32)
+    if kind == "video" and isinstance(value, list):  # datasets' numpy format: nested lists, maybe mteb's (T, 3, H, W)
+        frames = np.asarray(value)
+        if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3:
+            frames = frames.transpose(0, 2, 3, 1)
+        value = frames  # the adapter checks the layout and the 0..255 range, and casts to uint8
+    return media_value_to_item(value, kind, where=where, column=kind, max_audio_seconds=max_audio_seconds)
 
 
-def _image(value: Any) -> Any:
-    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
-        from PIL import Image
-
-        return Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") is not None else value["path"]
-    return value
-
-
-def _to_item(row: Mapping[str, Any], role: str, instruction: str | None, tmp: Path) -> dict[str, Any]:
+def _to_item(
+    row: Mapping[str, Any], role: str, instruction: str | None, where: Where, max_audio_seconds: float
+) -> dict[str, Any]:
     """One mteb row -> one e5-omni item dict (what the model's ``check_item`` then validates)."""
     item: dict[str, Any] = {}
     text = row.get("text")
@@ -269,12 +256,11 @@ def _to_item(row: Mapping[str, Any], role: str, instruction: str | None, tmp: Pa
         item["text"] = "; ".join(text)  # a conversation given as a list of turns
     elif text is not None:
         item["text"] = text  # the model's check names what is wrong with it
-    if row.get("image") is not None:
-        item["image"] = _image(row["image"])
-    if row.get("audio") is not None:
-        item["audio"] = _audio(row["audio"], tmp)
-    if row.get("video") is not None:
-        item["video"] = _video(row["video"], tmp)
+    for kind in ("image", "audio", "video"):
+        if row.get(kind) is not None:
+            value = _media(row[kind], kind, where, max_audio_seconds)
+            if value is not None:
+                item[kind] = value
     own = row.get("instruction")
     chosen = own if isinstance(own, str) and own.strip() else instruction
     if chosen:
