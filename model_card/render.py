@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from e5omni.train.losses.citation import CITATION
+from e5omni.citation import CITATION
 
 from .calibration import MODALITIES, calibration_summary
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .citation import CITATION as E5_OMNI_CITATION
+from e5omni.citation import CITATION as E5_OMNI_CITATION
+
 from .distributed import gather_rows, row_counts
 from .functional import (
     MODALITIES,

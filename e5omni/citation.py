@@ -1,4 +1,5 @@
-"""The BibTeX entry of the e5-omni paper: the loss reports it (`citation`) and the model card reads it from here."""
+"""The BibTeX entry of the e5-omni paper: the training loss reports it (`citation`) and the model card reads it from
+here, so the card does not import the training code."""
 
 CITATION = """@inproceedings{chen2026e5omni,
     title={e5-omni: Explicit Cross-modal Alignment for Omni-modal Embeddings},
