@@ -247,3 +247,18 @@ def test_two_ranks_stream_disjoint_rows(tmp_path):
     # 3 steps x 4 rows each (the trainer collates one batch ahead), and no row on both ranks
     assert 12 <= len(rows0) <= 16 and 12 <= len(rows1) <= 16 and not rows0 & rows1
     assert ranks[0]["loss"] == pytest.approx(ranks[1]["loss"])
+
+
+def test_trainer_reads_audio_bytes_only_up_to_the_models_budget(tmp_path):
+    """A 60 s WAV in a training Dataset is read no further than the model's max_audio_seconds (here 2 s), not whole."""
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros(60 * 8_000, dtype=np.float32), 8_000, format="WAV")
+    rows = {"anchor": ["a long recording"] * 4, "positive": [{"bytes": buf.getvalue(), "path": None}] * 4}
+    # built as a struct and cast: encoding into an Audio feature needs torchcodec, which cannot load here
+    ds = datasets.Dataset.from_dict(rows).cast_column("positive", datasets.Audio(decode=False))
+    model = _tiny()
+    model.config.max_audio_seconds = 2.0
+    trainer = E5OmniTrainer(model, _args(tmp_path, max_steps=1), train_dataset=ds)
+    with pytest.warns(UserWarning, match="truncated to max_audio_seconds=2"):
+        audio = trainer.train_examples[0]["positive"]["audio"]
+    assert audio["array"].shape == (2 * 8_000,)

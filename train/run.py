@@ -65,14 +65,16 @@ class DataArguments:
             raise ValueError(f"synthetic_difficulty must be in [0, 1], got {self.synthetic_difficulty}")
 
 
-def load_examples(spec: str, data: DataArguments, split: str = "train"):
-    """Examples from a data spec (see `DataArguments.train_data`), through the one spec loader `e5omni.data.specs`."""
+def load_examples(spec: str, data: DataArguments, split: str = "train", max_audio_seconds: float | None = None):
+    """Examples from a data spec (see `DataArguments.train_data`), through the one spec loader `e5omni.data.specs`;
+    audio bytes in datasets are read no further than `max_audio_seconds` (the model's budget)."""
     from e5omni.data.specs import load_data_spec
 
     return load_data_spec(
         spec,
         split=split,
         media_root=data.media_root,
+        max_audio_seconds=max_audio_seconds,
         synthetic_size=data.synthetic_size,
         synthetic_seed=data.synthetic_seed,
         synthetic_difficulty=data.synthetic_difficulty,
@@ -181,11 +183,12 @@ def train_main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_recipe(argv)
     if data_args.adapter_dir and not model_args.use_peft:
         raise ValueError("--adapter_dir writes a LoRA adapter and needs --use_peft true (this run trains in full)")
-    train_examples = load_examples(data_args.train_data, data_args, "train")
+    model = load_model(model_args)
+    budget = model.config.max_audio_seconds
+    train_examples = load_examples(data_args.train_data, data_args, "train", budget)
     if data_args.max_train_examples:
         train_examples = train_examples[: data_args.max_train_examples]
-    eval_examples = load_examples(data_args.eval_data, data_args, "test") if data_args.eval_data else None
-    model = load_model(model_args)
+    eval_examples = load_examples(data_args.eval_data, data_args, "test", budget) if data_args.eval_data else None
     if model_args.use_peft:
         peft = get_peft_config(model_args)
         targets = model_args.lora_target_modules

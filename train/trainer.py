@@ -214,11 +214,13 @@ class E5OmniTrainer(SentenceTransformerTrainer):
     ):
         if not isinstance(args, E5OmniTrainingArguments):
             raise TypeError(f"args must be E5OmniTrainingArguments, got {type(args).__name__}")
-        train_source = _examples_source("train", train_examples, train_dataset, column_map, media_root, 0)
-        eval_source = _examples_source("eval", eval_examples, eval_dataset, column_map, media_root, 1)
+        st = model if isinstance(model, SentenceTransformer) else sentence_transformer(model)
+        # audio bytes in datasets are read no further than the model's own budget, as its file reader does
+        budget = getattr(st[0].auto_model.config, "max_audio_seconds", None)
+        train_source = _examples_source("train", train_examples, train_dataset, column_map, media_root, 0, budget)
+        eval_source = _examples_source("eval", eval_examples, eval_dataset, column_map, media_root, 1, budget)
         if train_source is None:
             raise TypeError("give the training data: train_examples (a sequence of examples) or train_dataset")
-        st = model if isinstance(model, SentenceTransformer) else sentence_transformer(model)
         self.e5omni_model = st[0].auto_model
         _apply_temperature_args(self.e5omni_model, args)
         if not args.use_temperature:  # unused by the loss: frozen, so DDP sees no parameter without a gradient
@@ -484,7 +486,13 @@ class _ConcatExamples(Sequence):
 
 
 def _examples_source(
-    kind: str, examples: Any, dataset: Any, column_map: Any, media_root: Any, stream_id: int
+    kind: str,
+    examples: Any,
+    dataset: Any,
+    column_map: Any,
+    media_root: Any,
+    stream_id: int,
+    max_audio_seconds: float | None = None,
 ) -> Sequence[dict] | HFStream | None:
     """The one source of `kind` examples: a sequence as given, a `Dataset` as a lazy view, an `IterableDataset` as a
     stream."""
@@ -502,9 +510,11 @@ def _examples_source(
     from e5omni.data import from_hf_dataset, stream_hf_dataset
 
     if isinstance(dataset, datasets.IterableDataset):
-        return stream_hf_dataset(dataset, column_map, media_root=media_root, stream_id=stream_id)
+        return stream_hf_dataset(
+            dataset, column_map, media_root=media_root, stream_id=stream_id, max_audio_seconds=max_audio_seconds
+        )
     if isinstance(dataset, datasets.Dataset):
-        return from_hf_dataset(dataset, column_map, media_root=media_root)
+        return from_hf_dataset(dataset, column_map, media_root=media_root, max_audio_seconds=max_audio_seconds)
     if isinstance(dataset, Sequence) and not isinstance(dataset, (str, bytes)):
         return dataset  # plain lists keep working under the sentence-transformers name too
     raise TypeError(
