@@ -1,6 +1,5 @@
 """peft as its users call it on e5-omni folders: `AutoPeftModel` on an adapter folder, and a merged model's own
-`save_pretrained` reloaded through AutoModel. Two of these fail today and are pinned with xfail(strict=True); the fix
-of each is in a file of another owner (train/lora.py, modeling_e5omni/modeling_e5omni.py)."""
+`save_pretrained` reloaded through AutoModel."""
 
 from __future__ import annotations
 
@@ -50,24 +49,11 @@ def _close(model, want, tol=1e-5):
     return float((model.encode_query(PROBES) - want).abs().max()) < tol
 
 
-def test_auto_peft_model_with_the_import_allowlist_loads_the_adapter(adapter_run):
-    """What works today: the adapter's auto_mapping names our pip module, which peft imports only when allowed."""
-    mapping = json.loads((adapter_run["adapter"] / "adapter_config.json").read_text())["auto_mapping"]
-    assert mapping == {"base_model_class": "E5OmniModel", "parent_library": "modeling_e5omni.modeling_e5omni"}
-    with pytest.raises(ValueError, match="import allowlist"):
-        peft.AutoPeftModel.from_pretrained(str(adapter_run["adapter"]))
-    model = peft.AutoPeftModel.from_pretrained(str(adapter_run["adapter"]), import_allowlist=["modeling_e5omni"])
-    assert _close(model, adapter_run["want"])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="train/lora.py save_adapter writes auto_mapping {E5OmniModel, modeling_e5omni.modeling_e5omni}, outside "
-    "peft's default import allowlist (and absent for users of the Hub repo alone); writing "
-    "{'base_model_class': 'AutoModel', 'parent_library': 'transformers'} fixes it (owner: train/*)",
-)
 def test_auto_peft_model_loads_the_adapter_as_documented(adapter_run):
+    """The adapter's auto_mapping names transformers' AutoModel (in peft's default import allowlist), which reads the
+    base folder's auto_map: AutoPeftModel loads it with no import_allowlist, from the Hub repo alone."""
+    mapping = json.loads((adapter_run["adapter"] / "adapter_config.json").read_text())["auto_mapping"]
+    assert mapping == {"base_model_class": "AutoModel", "parent_library": "transformers"}
     model = peft.AutoPeftModel.from_pretrained(str(adapter_run["adapter"]), trust_remote_code=True)
     assert _close(model, adapter_run["want"])
 

@@ -107,8 +107,10 @@ def test_adapter_folder_is_what_peft_itself_writes(run, tmp_path):
     reference = load_file(str(tmp_path / "reference" / "adapter_model.safetensors"))
     assert {k: (v.shape, v.dtype) for k, v in state.items()} == {k: (v.shape, v.dtype) for k, v in reference.items()}
     reference_json = json.loads((tmp_path / "reference" / "adapter_config.json").read_text())
-    # auto_mapping names the base class's module: ours is the pip package, peft's here the remote-code copy
-    assert config.pop("auto_mapping")["base_model_class"] == reference_json.pop("auto_mapping")["base_model_class"]
+    # auto_mapping: ours names transformers' AutoModel (peft's allowlist; the base folder's auto_map finds the class),
+    # peft's here the remote-code copy's module
+    assert config.pop("auto_mapping") == {"base_model_class": "AutoModel", "parent_library": "transformers"}
+    reference_json.pop("auto_mapping")
     assert config == reference_json
 
 

@@ -146,6 +146,9 @@ def save_adapter(
     config.base_model_name_or_path = str(base_model_name_or_path or model.config._name_or_path or "") or None
     config.inference_mode = True
     # what peft writes for a model without a task type, so AutoPeftModel can find the base class too
-    auto_mapping = {"base_model_class": type(model).__name__, "parent_library": type(model).__module__}
+    # transformers' AutoModel (in peft's default import allowlist) reads the base folder's auto_map, so
+    # AutoPeftModel.from_pretrained(adapter, trust_remote_code=True) works with the Hub repo alone; our own module
+    # is outside the allowlist and absent where users only have the Hub repo
+    auto_mapping = {"base_model_class": "AutoModel", "parent_library": "transformers"}
     config.save_pretrained(str(folder), auto_mapping_dict=auto_mapping)
     return folder
