@@ -19,17 +19,13 @@ def run_space(
 ) -> None:
     """Index `corpus` with `model_id`@`revision` (into `index_dir`, default a fresh temporary folder) and serve the
     page. A file of the corpus that cannot be embedded is reported and left out, as `e5omni index` does."""
-    import torch
-    from transformers import AutoModel
-
     from e5omni.app.engine import SearchEngine
     from e5omni.app.media import MediaStore
     from e5omni.app.page import create_app, serve
     from e5omni.index import CorpusIndex, build_corpus
+    from e5omni.loading import load_inference_model
 
-    model = AutoModel.from_pretrained(model_id, revision=revision, trust_remote_code=True)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = load_inference_model(model_id, revision=revision)
     out = Path(index_dir) if index_dir is not None else Path(tempfile.mkdtemp(prefix="e5omni-space-index-"))
     summary = build_corpus(model, corpus, out, model_path=model_id, show_progress_bar=True)
     if summary.failed:

@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="tiny model: evaluate, fine-tune with the full recipe, evaluate, save, reload")
     p.add_argument("--output-dir", default="demo-output")
-    p.add_argument("--config", default=None, help="recipe YAML (default: configs/demo.yaml)")
+    p.add_argument(
+        "--config", default=None, help="recipe YAML (default: the packaged demo recipe, e5omni.demo.DEMO_RECIPE)"
+    )
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. -- --num_train_epochs 2")
     p.set_defaults(func=cmd_demo)
     return parser

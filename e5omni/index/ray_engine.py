@@ -84,8 +84,8 @@ class Embedder:
     """Ray actor: loads the model once (on its GPU when it has one) and embeds batches of processed tensors."""
 
     def __init__(self, model_path: str, truncate_dim: int | None):
-        from e5omni.cli.common import load_inference_model
         from e5omni.evaluation.embeddings import model_fingerprint
+        from e5omni.loading import load_inference_model
 
         self.model = load_inference_model(model_path).eval()
         self.fingerprint = model_fingerprint(self.model)
