@@ -19,10 +19,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_e5omni import MODALITIES, E5OmniConfig
 from .processing_e5omni import E5OmniProcessor, check_items, prepared_batches
+
+logger = logging.get_logger(__name__)
 
 #: Parameters a backbone defines but never uses in its forward (per backbone model_type, as name prefixes under
 #: `backbone.`): Qwen2.5-Omni's audio tower keeps `audio_bos_eos_token` for generation-side code that the thinker's
@@ -226,7 +228,27 @@ class E5OmniPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True returns (model, info)
         if hasattr(model, "freeze_never_used_parameters"):
             model.freeze_never_used_parameters()  # loading rebuilds the parameters, and their requires_grad
+        alignment = getattr(model, "alignment", None)
+        if alignment is not None and alignment.whitening_updates.dtype != torch.int64:
+            # _keep_in_fp32_modules(_strict) casts the whole alignment module on bf16 / fp16 loads, the counter too
+            alignment.whitening_updates = alignment.whitening_updates.round().long()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save (config, weights, code) plus the processor's files, so the folder encodes on its own
+        (a merged LoRA model's `save_pretrained` folder could be reloaded but not used). `e5omni.release.save_hub_folder`
+        also writes the sentence-transformers files."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        processor = getattr(self, "_processor", None)
+        if processor is None and getattr(self.config, "_name_or_path", None):
+            try:
+                processor = self.processor  # loaded from the folder / Hub id the model came from
+            except (OSError, ValueError) as err:
+                logger.warning("save_pretrained(%s): no processor files written (%s)", save_directory, err)
+        if processor is not None:
+            processor.save_pretrained(save_directory)
 
     def _init_weights(self, module):
         if isinstance(module, E5OmniAlignment):

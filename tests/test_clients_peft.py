@@ -63,13 +63,6 @@ def _merged(adapter_run):
     return peft.PeftModel.from_pretrained(base, adapter_run["adapter"]).merge_and_unload().eval()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="E5OmniModel.save_pretrained is transformers' own: config, weights and code, no processor files "
-    "(processor_config.json, tokenizer, chat template), so the reloaded model cannot encode; fix: save the "
-    "processor too (owner: modeling_e5omni/modeling_e5omni.py)",
-)
 def test_merged_model_save_pretrained_reloads_and_encodes(adapter_run, tmp_path):
     merged = _merged(adapter_run)
     assert _close(merged, adapter_run["want"])

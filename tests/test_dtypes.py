@@ -111,15 +111,10 @@ def test_temperature_is_fp32_in_bf16_model(folder, entry):
         expected = saved[f"alignment.{name}"]
         if expected.is_floating_point():
             assert tensor.dtype == torch.float32 and torch.equal(tensor, expected), name
-        else:  # the update counter: its value (its dtype: the xfail below)
+        else:  # the update counter: its value (its dtype: the test below)
             assert tensor.item() == expected.item(), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="modeling_e5omni: transformers' _keep_in_fp32_modules_strict casts the whole alignment module to fp32 on a "
-    "bf16 / fp16 load, the int64 whitening_updates counter included (it comes back float32)",
-)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_whitening_counter_stays_int64_under_half_precision_loads(folder, dtype):
     model = E5OmniModel.from_pretrained(folder, dtype=dtype)
