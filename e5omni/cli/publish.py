@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from e5omni.publish import (
@@ -74,6 +75,20 @@ def add_push_parser(subparsers) -> argparse.ArgumentParser:
         help="the e5-omni wheel the Space installs (its version must be this package's; default: $E5OMNI_SPACE_WHEEL, "
         "else built from this install's source)",
     )
+    p.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also publish the served form (e5omni export --format vllm) to its own repo, REPO_ID-vllm (or "
+        "--vllm-repo-id), in its own commit after the model's, pointing at the model commit; with --dry-run DIR the "
+        "model goes to DIR/model and the export to DIR/vllm (docs/serving.md)",
+    )
+    p.add_argument("--vllm-repo-id", default=None, help="the export's repo (default: REPO_ID-vllm); needs --vllm")
+    p.add_argument(
+        "--vllm-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="cast the exported weights (default: the model's dtype); needs --vllm",
+    )
     p.set_defaults(func=run_push_command)
     return p
 
@@ -91,12 +106,36 @@ def run_push_command(args: argparse.Namespace) -> int:
         if value and not args.space:
             print(f"push: {flag} needs --space", file=sys.stderr)
             return 2
-    model_dry_run, space_dry_run = args.dry_run, None
+    for flag, value in (("--vllm-repo-id", args.vllm_repo_id), ("--vllm-dtype", args.vllm_dtype)):
+        if value and not args.vllm:
+            print(f"push: {flag} needs --vllm", file=sys.stderr)
+            return 2
+    model_dry_run, space_dry_run, vllm_dry_run = args.dry_run, None, None
     if args.space:
         context = {**(context or {}), "space_id": args.space}
-        if args.dry_run:
-            model_dry_run, space_dry_run = str(Path(args.dry_run) / "model"), str(Path(args.dry_run) / "space")
+    if args.dry_run and (args.space or args.vllm):
+        model_dry_run = str(Path(args.dry_run) / "model")
+        space_dry_run = str(Path(args.dry_run) / "space") if args.space else None
+        vllm_dry_run = str(Path(args.dry_run) / "vllm") if args.vllm else None
+    with tempfile.TemporaryDirectory(prefix="e5omni-vllm-") as scratch:
+        return _push(args, context, token, model_dry_run, space_dry_run, vllm_dry_run, Path(scratch))
+
+
+def _push(args, context, token, model_dry_run, space_dry_run, vllm_dry_run, scratch: Path) -> int:
     try:
+        export_dir = None
+        if args.vllm:  # exported (and checked) before anything is sent: a model vLLM cannot serve stops both pushes
+            from e5omni.export import ExportError
+            from e5omni.export.to_vllm import export_vllm_from
+            from e5omni.publish.push import stage_vllm_export, vllm_repo_id
+
+            vllm_repo = args.vllm_repo_id or vllm_repo_id(args.repo_id)
+            try:
+                export_dir = export_vllm_from(args.folder, scratch / "export", dtype=args.vllm_dtype)
+            except ExportError as error:
+                print(f"push: --vllm: {error}", file=sys.stderr)
+                return 2
+            stage_vllm_export(export_dir, repo_id=vllm_repo, model_repo_id=args.repo_id, token=resolve_token(token))
         staged_space = None
         if args.space:  # staged (and checked) before anything is sent, so a bad corpus stops both pushes
             from e5omni.publish.space import stage_space
@@ -136,6 +175,18 @@ def run_push_command(args: argparse.Namespace) -> int:
                     wheel=args.space_wheel,
                 )
             push_space(staged_space, args.space, private=args.private, token=token, dry_run_dir=space_dry_run)
+        if export_dir is not None:
+            from e5omni.publish.push import push_vllm_export
+
+            push_vllm_export(
+                export_dir,
+                vllm_repo,
+                model_repo_id=args.repo_id,
+                model_revision=result.commit_oid,
+                private=args.private,
+                token=token,
+                dry_run_dir=vllm_dry_run,
+            )
         if args.verify:
             if result.dry_run:
                 verified = verify_folder(args.folder, result.dry_run_dir)

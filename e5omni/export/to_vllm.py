@@ -182,50 +182,62 @@ def mm_processor_kwargs(config) -> dict[str, Any]:
     }
 
 
-def _serve_command(out: Path, dtype_name: str, backbone_type: str, mm_kwargs: dict) -> str:
+def _serve_command(model: str, export: dict[str, Any]) -> str:
+    """The server command for an export folder at `model`, from its e5omni_export.json `export`."""
     lines = [
         "VLLM_CPU_KVCACHE_SPACE=1 python -m vllm.entrypoints.openai.api_server \\",
-        f"    --model {out} --runner pooling --convert embed --dtype {dtype_name} \\",
-        f"    --chat-template {out / CHAT_TEMPLATE_FILE} --chat-template-content-format openai \\",
-        f"    --mm-processor-kwargs '{json.dumps(mm_kwargs)}'",
+        f"    --model {model} --runner pooling --convert embed --dtype {export['dtype']} \\",
+        f"    --chat-template {model.rstrip('/')}/{export['chat_template']} --chat-template-content-format openai \\",
+        f"    --mm-processor-kwargs '{json.dumps(export['mm_processor_kwargs'])}'",
     ]
-    if backbone_type == "qwen2_5_omni_thinker":
+    if export["backbone_type"] == "qwen2_5_omni_thinker":
         lines[-1] += " \\"
         lines.append('    --limit-mm-per-prompt \'{"image": 1, "audio": 1, "video": 1}\'')
     return "\n".join(lines)
 
 
-def _readme(out: Path, config, dtype_name: str, backbone_type: str) -> str:
-    query = json.dumps(config.query_prompt)
-    return f"""# vLLM export of an e5-omni model
-
-Written by `e5omni export --format vllm` (tested against vllm-cpu=={VLLM_VERSION}). Serve it with:
-
-```bash
-{_serve_command(out, dtype_name, backbone_type, mm_processor_kwargs(config))}
-```
-
-Embed with `POST /v1/embeddings` and chat `messages` (one item per request), e.g. with the OpenAI client:
-
-```python
-import openai
-
-client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
-document = {{"model": "{
-        out
-    }", "messages": [{{"role": "user", "content": [{{"type": "text", "text": "a red circle"}}]}}]}}
-query = {{"model": "{out}", "messages": [
-    {{"role": "system", "content": {query}}},  # the query prompt: a system message's text is put before the text
-    {{"role": "user", "content": [{{"type": "text", "text": "red circle"}}]}},
-]}}
-vectors = [client.post("/embeddings", body=body, cast_to=object)["data"][0]["embedding"] for body in (document, query)]
-```
-
-Images, audio and video go in as `image_url`, `input_audio` and `video_url` parts. The query prompt is
-{query}; documents have {json.dumps(config.document_prompt)}. Pooling: last token, {
-        "L2-normalised" if config.normalize else "not normalised"
-    }, dimension {config.hidden_size}. See docs/serving.md in the e5-omni repository.
-"""
+def export_readme(export: dict[str, Any], model: str, *, repo_id: str | None = None) -> str:
+    """README.md of an export: how to serve and query it. `model` is the folder vLLM is started on; with `repo_id`
+    (a pushed export, `e5omni push --vllm`), the README first downloads the repo to that folder, pinned to a commit
+    (vLLM's `--chat-template` takes a local file)."""
+    query = json.dumps(export["query_prompt"])
+    source = export.get("source_repo")
+    lines = ["# vLLM export of an e5-omni model", ""]
+    if source:
+        pin = f" at commit `{export['source_revision']}`" if export.get("source_revision") else ""
+        lines += [f"The served form of [{source}](https://huggingface.co/{source}){pin}.", ""]
+    lines += [
+        f"Written by `e5omni export --format vllm` (tested against vllm-cpu=={export['vllm_version']}). Serve it with:",
+        "",
+        "```bash",
+    ]
+    if repo_id:
+        lines.append(f"huggingface-cli download {repo_id} --revision COMMIT --local-dir {model}")
+    lines += [_serve_command(model, export), "```", ""]
+    normalized = "L2-normalised" if export.get("normalize", True) else "not normalised"
+    lines += [
+        "Embed with `POST /v1/embeddings` and chat `messages` (one item per request), e.g. with the OpenAI client:",
+        "",
+        "```python",
+        "import openai",
+        "",
+        'client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")',
+        f'document = {{"model": "{model}", "messages": [{{"role": "user", "content": [{{"type": "text", "text": "a red circle"}}]}}]}}',
+        f'query = {{"model": "{model}", "messages": [',
+        f'    {{"role": "system", "content": {query}}},  # the query prompt: a system message\'s text goes before the text',
+        '    {"role": "user", "content": [{"type": "text", "text": "red circle"}]},',
+        "]}",
+        'vectors = [client.post("/embeddings", body=body, cast_to=object)["data"][0]["embedding"] for body in (document, query)]',
+        "```",
+        "",
+        "Images, audio and video go in as `image_url`, `input_audio` and `video_url` parts (video frames also as a",
+        f"`data:video/jpeg;base64,...` URL). The query prompt is {query}; documents have "
+        f"{json.dumps(export['document_prompt'])}. Pooling: last token, {normalized}, dimension "
+        f"{export.get('dimension', '?')}. See docs/serving.md in the e5-omni repository for what differs from "
+        "`encode` (sampling of video files, a video's own sound track, tokenisation of control-token strings).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def export_vllm(model, processor, out: str | os.PathLike, *, dtype: str | None = None, overwrite: bool = False) -> Path:
@@ -297,9 +309,11 @@ def export_vllm(model, processor, out: str | os.PathLike, *, dtype: str | None =
         "use_audio_in_video": config.use_audio_in_video,
         "chat_template": CHAT_TEMPLATE_FILE,
         "mm_processor_kwargs": mm_processor_kwargs(config),
+        "dimension": config.hidden_size,
+        "normalize": config.normalize,
     }
     (out / "e5omni_export.json").write_text(json.dumps(e5, indent=2) + "\n")
-    (out / "README.md").write_text(_readme(out, config, dtype_name, backbone_type))
+    (out / "README.md").write_text(export_readme(e5, str(out)))
     return out
 
 

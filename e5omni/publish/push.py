@@ -10,8 +10,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e5omni.publish.errors import ConcurrentUpdateError, HubError, PublishError, VisibilityError
-from e5omni.publish.stage import StagedFile, stage_folder, write_staged
+from e5omni.publish.errors import (
+    ConcurrentUpdateError,
+    DisallowedFileError,
+    HubError,
+    IncompleteFolderError,
+    PickleFileError,
+    PublishError,
+    SecretInFolderError,
+    VisibilityError,
+)
+from e5omni.publish.stage import (
+    MANIFEST_FORMAT,
+    StagedFile,
+    _check_content,
+    _generated,
+    _hash_and_scan,
+    _json_bytes,
+    _kind_of,
+    _raise_problems,
+    _walk,
+    stage_folder,
+    write_staged,
+)
 from e5omni.publish.tokens import redact, resolve_token
 
 logger = logging.getLogger(__name__)
@@ -118,7 +139,6 @@ def push_folder(
     - `api`: an `HfApi` (tests inject a recording fake); default `HfApi()`.
     - `model_card_context`: extra context for the card (metrics, training, base_model, datasets, ...).
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.utils import validate_repo_id
 
     validate_repo_id(repo_id)
@@ -142,6 +162,40 @@ def push_folder(
         logger.info("dry run: staged %d files in %s", len(staged), out)
         return PushResult(repo_id=repo_id, revision=target, files=entries, dry_run_dir=out)
 
+    return _commit_staged(
+        staged,
+        repo_id,
+        target,
+        api=api,
+        token=token,
+        private=private,
+        create_pr=create_pr,
+        commit_message=commit_message,
+        commit_description=commit_description or _commit_description(staged),
+        delete_stale=delete_stale,
+        verbose=verbose,
+    )
+
+
+def _commit_staged(
+    staged: list[StagedFile],
+    repo_id: str,
+    target: str,
+    *,
+    api: Any,
+    token: str | None,
+    private: bool,
+    create_pr: bool,
+    commit_message: str,
+    commit_description: str,
+    delete_stale: bool,
+    verbose: bool,
+) -> PushResult:
+    """One `create_commit` of `staged` on top of the head of `target` just read (created from main when missing),
+    deleting the target's files that are not staged in the same commit (with `delete_stale`)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    entries = tuple(f.manifest_entry() for f in staged)
     if api is None:
         from huggingface_hub import HfApi
 
@@ -187,7 +241,7 @@ def push_folder(
         repo_id,
         operations=operations,
         commit_message=commit_message,
-        commit_description=commit_description or _commit_description(staged),
+        commit_description=commit_description,
         revision=target,
         create_pr=create_pr,
         parent_commit=head,
@@ -219,3 +273,132 @@ def _commit_description(staged: list[StagedFile]) -> str:
         lines.append(f"temperatures: {taus}; whitening: {'on' if summary['whitening']['enabled'] else 'off'}")
     lines += [f"{f.path}: sha256 {f.sha256}" for f in staged if f.path.endswith(".safetensors")]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- the served form (vLLM)
+#: `e5omni push --vllm`: the vLLM export goes to its own repo, named after the model's.
+VLLM_REPO_SUFFIX = "-vllm"
+#: What an export holds: weights, JSON, tokenizer text, the chat template and the README. No code: vLLM runs none of
+#: ours, so a .py file in an export folder is something else and is refused.
+VLLM_EXPORT_KINDS = {"weights", "json", "text", "binary"}
+VLLM_EXPORT_REQUIRED = ("config.json", "model.safetensors", "modules.json", "e5omni_export.json")
+
+
+def vllm_repo_id(model_repo_id: str) -> str:
+    """The repo `e5omni push --vllm` publishes the served form of `model_repo_id` to: `owner/name-vllm`."""
+    return model_repo_id + VLLM_REPO_SUFFIX
+
+
+def stage_vllm_export(
+    export_dir: str | os.PathLike,
+    *,
+    repo_id: str,
+    model_repo_id: str | None = None,
+    model_revision: str | None = None,
+    token: str | None = None,
+) -> list[StagedFile]:
+    """The files of one commit of an `e5omni export --format vllm` folder: its files as they are (checked: no
+    pickles, no code, no token, valid JSON / safetensors), its README rewritten for the Hub (download the repo, then
+    serve that folder; a link to the model repo it was exported from), e5omni_export.json with the source repo and
+    commit, and a manifest. Raises the `FolderCheckError` family naming each offending file."""
+    from e5omni.export.to_vllm import export_readme
+
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise IncompleteFolderError(f"{folder} is not a folder")
+    missing = [name for name in VLLM_EXPORT_REQUIRED if not (folder / name).is_file()]
+    if missing:
+        raise IncompleteFolderError(
+            f"{folder} is not a vLLM export (e5omni export --format vllm): missing {', '.join(missing)}"
+        )
+    export = json.loads((folder / "e5omni_export.json").read_text(encoding="utf-8"))
+    if not isinstance(export, dict) or export.get("format") != "vllm":
+        raise IncompleteFolderError(f"{folder / 'e5omni_export.json'}: format is not 'vllm'")
+    files, _, problems = _walk(folder)
+    staged: list[StagedFile] = []
+    for rel, path in files:
+        if rel in ("README.md", "e5omni_export.json", "manifest.json"):
+            continue  # written below
+        if path.is_symlink():
+            problems.append((DisallowedFileError, rel, "a symlink (copy the file into the folder instead)"))
+            continue
+        kind = _kind_of(rel)
+        if path.suffix.lower() in (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"):
+            problems.append((PickleFileError, rel, "a pickle-based file (loading it runs code)"))
+            continue
+        if kind not in VLLM_EXPORT_KINDS:
+            problems.append((DisallowedFileError, rel, "not a file an export holds (weights, JSON, tokenizer text)"))
+            continue
+        bad = _check_content(path, kind)
+        if bad is not None:
+            problems.append((bad[0], rel, bad[1]))
+            continue
+        digest, size, has_token = _hash_and_scan(path, token)
+        if has_token:
+            problems.append((SecretInFolderError, rel, "contains the Hub token"))
+            continue
+        staged.append(StagedFile(path=rel, size=size, sha256=digest, source=path))
+    _raise_problems(problems)
+    if model_repo_id:
+        export = {**export, "source_repo": model_repo_id}
+        if model_revision:
+            export["source_revision"] = model_revision
+    staged.append(_generated("e5omni_export.json", _json_bytes(export)))
+    staged.append(_generated("README.md", export_readme(export, "exported/", repo_id=repo_id).encode("utf-8")))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": "vllm-export",
+        "files": [f.manifest_entry() for f in sorted(staged, key=lambda f: f.path)],
+    }
+    staged.append(_generated("manifest.json", _json_bytes(manifest)))
+    staged.sort(key=lambda f: f.path)
+    return staged
+
+
+def push_vllm_export(
+    export_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    model_repo_id: str | None = None,
+    model_revision: str | None = None,
+    revision: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Publish the vLLM export of an e5-omni model",
+    dry_run_dir: str | os.PathLike | None = None,
+    api: Any = None,
+    verbose: bool = True,
+) -> PushResult:
+    """Publish a vLLM export folder to `repo_id` (by convention `vllm_repo_id(model_repo_id)`) in one commit, the
+    same way `push_folder` publishes a model: `dry_run_dir` writes the commit's files there and sends nothing."""
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)
+    token = resolve_token(token)
+    target = revision or "main"
+    staged = stage_vllm_export(
+        export_dir, repo_id=repo_id, model_repo_id=model_repo_id, model_revision=model_revision, token=token
+    )
+    if dry_run_dir is not None:
+        out = write_staged(staged, dry_run_dir)
+        if verbose:
+            plan = _describe_plan(repo_id, target, staged, False, private)
+            print(f"dry run: nothing was sent. One commit would carry:\n{plan}\nstaged folder: {out}")
+        return PushResult(
+            repo_id=repo_id, revision=target, files=tuple(f.manifest_entry() for f in staged), dry_run_dir=out
+        )
+    source = f"{model_repo_id}@{model_revision}" if model_repo_id and model_revision else (model_repo_id or "a model")
+    return _commit_staged(
+        staged,
+        repo_id,
+        target,
+        api=api,
+        token=token,
+        private=private,
+        create_pr=False,
+        commit_message=commit_message,
+        commit_description=f"vLLM export of {source} (e5omni export --format vllm), published in one commit.\n"
+        + "\n".join(f"{f.path}: sha256 {f.sha256}" for f in staged if f.path.endswith(".safetensors")),
+        delete_stale=True,
+        verbose=verbose,
+    )
