@@ -95,6 +95,11 @@ class E5OmniConfig(PreTrainedConfig):
         Total time one fetch may take: name resolution, connection, TLS, every redirect hop and the whole body.
     max_remote_redirects (`int`, defaults to 5):
         Redirects followed for one URL; each hop passes the same scheme, address and size checks.
+    matryoshka_dimensions (`list[int]`, *optional*):
+        The embedding dimensions the model was trained to be truncated to (Matryoshka training, largest first, the
+        full dimension included); written by the trainer. `truncate_dim` to any other dimension still works but
+        warns. vLLM reads the same key (`matryoshka_dimensions` in config.json) to accept `dimensions`. None: the
+        model records no Matryoshka training.
     """
 
     model_type = "e5omni"
@@ -133,6 +138,7 @@ class E5OmniConfig(PreTrainedConfig):
     allowed_remote_networks: list[str] | None = None
     remote_timeout_seconds: float = 30.0
     max_remote_redirects: int = 5
+    matryoshka_dimensions: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -180,6 +186,15 @@ class E5OmniConfig(PreTrainedConfig):
             raise ValueError("min_pixels must not exceed max_pixels (images and video frames)")
         if self.max_audio_seconds <= 0 or self.fps <= 0:
             raise ValueError("max_audio_seconds and fps must be positive")
+        if self.matryoshka_dimensions is not None:
+            dims = self.matryoshka_dimensions
+            size = self.hidden_size
+            for position, dim in enumerate(dims):
+                if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= size:
+                    raise ValueError(f"matryoshka_dimensions[{position}] must be an int in [1, {size}], got {dim!r}")
+            if len(set(dims)) != len(dims):
+                raise ValueError(f"matryoshka_dimensions must not repeat a dimension, got {dims}")
+            self.matryoshka_dimensions = sorted(dims, reverse=True)
         takes_audio_video = "audio" in self.modalities and "video" in self.modalities
         if self.use_audio_in_video is None:
             self.use_audio_in_video = takes_audio_video
@@ -198,6 +213,17 @@ class E5OmniConfig(PreTrainedConfig):
     @property
     def log_temperature_bounds(self) -> tuple[float, float]:
         return math.log(self.temperature_min), math.log(self.temperature_max)
+
+    def untrained_truncation(self, dim: int | None) -> str | None:
+        """A warning text when `dim` is a truncation this model records no Matryoshka training for (None when it
+        is untruncated, trained, or the model records no dimensions); callers warn with it, never refuse."""
+        dims = self.matryoshka_dimensions
+        if dim is None or not dims or dim in dims or dim == self.hidden_size:
+            return None
+        return (
+            f"truncate_dim={dim}: this model was trained (Matryoshka) for dimensions {dims} only; vectors truncated "
+            f"to {dim} were never trained to be cut and may retrieve worse than the nearest trained dimension"
+        )
 
 
 __all__ = ["E5OmniConfig", "MODALITIES", "BACKBONE_MODALITIES"]

@@ -51,6 +51,14 @@ SCENARIOS = {
     ),
     "own_scope_no_dcl": (16, {"hard_negative_scope": "own", "use_dcl": False}, None, torch.float32),
     "cached_ddp": (16, {}, 2, torch.float32),
+    # Matryoshka: every dimension's term is a mean over this rank's rows against the gathered candidates
+    "matryoshka_symmetric": (
+        16,
+        {"matryoshka_dims": [8, 4], "matryoshka_weights": [0.5, 0.25], "symmetric": True},
+        None,
+        torch.float32,
+    ),
+    "matryoshka_cached_ddp": (16, {"matryoshka_dims": [6]}, 2, torch.float32),
 }
 
 

@@ -33,6 +33,7 @@ from e5omni.data.hf import HFExamples, HFStream
 from e5omni.train.collator import E5OmniDataCollator, TrainingDataError, check_examples, examples_dataset
 from e5omni.train.lora import has_lora, save_lora_config
 from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss, clamp_temperatures_
+from e5omni.train.losses.e5omni import _check_matryoshka
 from modeling_e5omni import E5OmniModel
 from modeling_e5omni.sentence_e5omni import sentence_transformer
 
@@ -85,6 +86,19 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
         default=None, metadata={"help": "GradCache mini-batch size; unset = plain loss"}
     )
     group_by_pair: bool = field(default=False, metadata={"help": "one modality pair per batch"})
+    matryoshka_dims: str | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka training: comma-separated embedding dimensions (e.g. 1024,512,256) at which the "
+            "contrastive loss is also computed on the leading components, re-normalised; the full dimension is "
+            "always trained (added with weight 1 when not listed); recorded in the saved config "
+            "(matryoshka_dimensions). Unset: full dimension only"
+        },
+    )
+    matryoshka_weights: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated weights, one per --matryoshka_dims entry (default: 1 each)"},
+    )
 
     def __post_init__(self):
         if self.ddp_find_unused_parameters is None:
@@ -122,6 +136,12 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
             problems.append(f"num_negatives must be >= 0, got {self.num_negatives}")
         if self.gradcache_mini_batch_size is not None and self.gradcache_mini_batch_size < 1:
             problems.append(f"gradcache_mini_batch_size must be >= 1, got {self.gradcache_mini_batch_size}")
+        try:
+            self.matryoshka_dims = _number_list("matryoshka_dims", self.matryoshka_dims, int)
+            self.matryoshka_weights = _number_list("matryoshka_weights", self.matryoshka_weights, float)
+            _check_matryoshka(self.matryoshka_dims, self.matryoshka_weights)
+        except ValueError as error:
+            problems.append(str(error))
         if problems:
             raise ValueError("invalid E5OmniTrainingArguments:\n  - " + "\n  - ".join(problems))
 
@@ -135,6 +155,57 @@ class E5OmniTrainingArguments(SentenceTransformerTrainingArguments):
         if self.temperature_init is not None:
             kwargs["temperature"] = self.temperature_init
         return kwargs
+
+
+def _number_list(name: str, value: Any, kind: type) -> list | None:
+    """`"1024,512"` (the command line), a YAML list, or one number -> a list of `kind`; None stays None. A bad entry is
+    named by its position."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        entries = [part.strip() for part in value.split(",")]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        entries = [value]
+    elif isinstance(value, Sequence):
+        entries = list(value)
+    else:
+        raise ValueError(f"{name} must be comma-separated numbers or a list, got {value!r}")
+    out = []
+    for position, entry in enumerate(entries):
+        if isinstance(entry, bool) or entry == "":
+            raise ValueError(f"{name}[{position}] must be a{'n int' if kind is int else ' number'}, got {entry!r}")
+        try:
+            number = kind(entry)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name}[{position}] must be a{'n int' if kind is int else ' number'}, got {entry!r}"
+            ) from None
+        if kind is int and isinstance(entry, float) and entry != number:
+            raise ValueError(f"{name}[{position}] must be an int, got {entry!r}")
+        out.append(number)
+    return out
+
+
+def matryoshka_dimensions(loss: torch.nn.Module | None, hidden_size: int) -> list[int] | None:
+    """The dimensions `loss` trains (largest first, the full one included), or None without Matryoshka."""
+    inner = getattr(loss, "loss", loss)  # CachedE5OmniLoss wraps an E5OmniLoss
+    if getattr(inner, "matryoshka_dims", None) is None or not hasattr(inner, "matryoshka_plan"):
+        return None
+    return [d for d, _ in inner.matryoshka_plan(hidden_size)]
+
+
+def _record_matryoshka(model: E5OmniModel, loss: torch.nn.Module | None) -> None:
+    """Write the trained Matryoshka dimensions into the model's config (saved with it; vLLM reads the same key)."""
+    config = model.config
+    dims = matryoshka_dimensions(loss, config.hidden_size)
+    previous = getattr(config, "matryoshka_dimensions", None)
+    if dims is None and previous:
+        logger.warning(
+            "the model recorded Matryoshka dimensions %s, but this run trains the full dimension only: the saved "
+            "config will record none",
+            previous,
+        )
+    config.matryoshka_dimensions = dims
 
 
 def _apply_temperature_args(model: E5OmniModel, args: E5OmniTrainingArguments) -> None:
@@ -268,18 +339,21 @@ class E5OmniTrainer(SentenceTransformerTrainer):
         elif eval_source is not None:
             offset = len(mapped_train or [])
             eval_data = examples_dataset(eval_source).map(lambda row: {"example": row["example"] + offset})
+        loss = loss if loss is not None else build_loss(st, args)
+        matryoshka_dimensions(loss, config.hidden_size)  # a dimension above the model's is refused before training
         super().__init__(
             model=st,
             args=args,
             train_dataset=train_data,
             eval_dataset=eval_data,
-            loss=loss if loss is not None else build_loss(st, args),
+            loss=loss,
             data_collator=collator,
             callbacks=callbacks,
             evaluator=evaluator,
             **kwargs,
         )
         self.add_callback(_AlignmentCallback(self))
+        _record_matryoshka(self.e5omni_model, self.loss)
 
     # ------------------------------------------------------------------------------------------ pieces we own
     def add_model_card_callback(self, *args, **kwargs) -> None:
@@ -397,6 +471,7 @@ class E5OmniTrainer(SentenceTransformerTrainer):
             "global_step": self.state.global_step,
             "lora": has_lora(self.e5omni_model),
             "gradcache_mini_batch_size": args.gradcache_mini_batch_size,
+            "matryoshka_dimensions": self.e5omni_model.config.matryoshka_dimensions,
         }
         loss = self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
         return {"training": training, "loss": loss, **extra}

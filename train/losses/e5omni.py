@@ -11,6 +11,10 @@
   (gathered) batch, L_coral = ||Cov(W(Q)) - Cov(W(P))||_F^2 / (4 D^2).
 
 Every component has a switch; with all of them off the loss is InfoNCE at a fixed temperature (ablation baseline).
+
+Matryoshka (``matryoshka_dims``): the contrastive term is computed at each listed leading dimension d (the first d
+components re-normalised, as ``truncate_dim`` does at inference) with the same temperatures, and weighted-summed; the
+full dimension is always among them. Whitening + CORAL run once, on the full vectors (docs/losses.md, "Matryoshka").
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ class E5OmniLoss(nn.Module):
         symmetric: bool = False,
         hard_negative_scope: Literal["batch", "own"] = "batch",
         gather_across_devices: bool = True,
+        matryoshka_dims: Sequence[int] | None = None,
+        matryoshka_weights: Sequence[float] | None = None,
     ) -> None:
         """The e5-omni alignment loss (query -> candidate, optionally also candidate -> query).
 
@@ -124,6 +130,13 @@ class E5OmniLoss(nn.Module):
             hard_negative_scope: "batch" (every hard negative is a candidate of every query) or "own".
             gather_across_devices: gather embeddings across ranks (with gradients) before the loss; whitening and
                 CORAL then use the gathered batch. A no-op outside torch.distributed.
+            matryoshka_dims: Matryoshka training: the contrastive term (curriculum + DCL, symmetric term included) is
+                computed at each of these leading dimensions of the embeddings, re-normalised, with the same
+                temperatures, and the weighted sum is ``dcl``. The full dimension D is always trained: when it is
+                not listed it is added with weight 1. Whitening + CORAL run once, at D (docs/losses.md says why).
+                None (default): D only, exactly the loss without Matryoshka.
+            matryoshka_weights: one weight >= 0 per entry of ``matryoshka_dims`` (default: 1 each); the terms are
+                summed, not averaged (sentence-transformers' MatryoshkaLoss convention).
         """
         super().__init__()
         for name, value in (
@@ -158,6 +171,7 @@ class E5OmniLoss(nn.Module):
             raise ValueError("logits_on_whitened=True needs use_whitening_coral=True (the whitening is fitted there)")
         if hard_negative_scope not in ("batch", "own"):
             raise ValueError(f"hard_negative_scope must be 'batch' or 'own', got {hard_negative_scope!r}")
+        dims, weights = _check_matryoshka(matryoshka_dims, matryoshka_weights)
         if use_temperature and model is not None and find_log_temperature(model) is None:
             raise ValueError(
                 f"use_temperature=True needs the model to hold an fp32 (M,) parameter named '*{LOG_TEMPERATURE_SUFFIX}'"
@@ -182,6 +196,8 @@ class E5OmniLoss(nn.Module):
         self.symmetric = symmetric
         self.hard_negative_scope = hard_negative_scope
         self.gather_across_devices = gather_across_devices
+        self.matryoshka_dims = dims
+        self.matryoshka_weights = weights
 
         self._step = 0
         self._total_steps: int | None = None
@@ -224,6 +240,22 @@ class E5OmniLoss(nn.Module):
             warmup_steps=self.curriculum_warmup_steps,
             total_steps=self._total_steps,
         )
+
+    # ------------------------------------------------------------------------------------------------ Matryoshka
+    def matryoshka_plan(self, dim: int) -> list[tuple[int, float]]:
+        """``[(d, weight), ...]`` for embeddings of dimension ``dim``, largest first: the listed dimensions plus
+        ``dim`` itself (weight 1 unless listed); ``[(dim, 1.0)]`` without Matryoshka. A listed d > dim is an error."""
+        if self.matryoshka_dims is None:
+            return [(dim, 1.0)]
+        too_large = [(i, d) for i, d in enumerate(self.matryoshka_dims) if d > dim]
+        if too_large:
+            i, d = too_large[0]
+            raise ValueError(
+                f"matryoshka_dims[{i}] = {d} exceeds the embedding dimension {dim}; list dimensions in [1, {dim}]"
+            )
+        plan = dict(zip(self.matryoshka_dims, self.matryoshka_weights))
+        plan.setdefault(dim, 1.0)
+        return sorted(plan.items(), reverse=True)
 
     # ------------------------------------------------------------------------------------------------ inputs
     def log_temperature_of(self, model: nn.Module | None = None) -> nn.Parameter | None:
@@ -334,48 +366,67 @@ class E5OmniLoss(nn.Module):
                 q_rows, p_rows = q_cols[rows], p_cols[rows]
                 cands = torch.cat([p_cols, *(F.normalize(n, dim=-1) for n in negatives_hat)], dim=0)
 
-            cos = q_rows @ cands.mT  # (B, Nc) cosine similarities
+            cos = q_rows @ cands.mT  # (B, Nc) cosine similarities at the full dimension
             if self.use_whitening_coral and not self.logits_on_whitened:
                 # On one rank the logits' positive block is exactly Q P^T: share it with the whitening Gram.
                 shared = cos[:, :total] if total == batch else None
                 coral_raw, self._whitening_fit = whitened_coral_loss(q_all, p_all, self.whitening_eps, qp_gram=shared)
 
-            # Component 1: S_ij = cos / tau(q_i, d_j).
+            # Component 1: tau(q_i, d_j), shared by every Matryoshka dimension (one calibrated score scale).
             if log_tau is not None:
                 q_mod_all = gather(masks[0], False)[0]  # (Bt, M)
                 cand_mod = torch.cat([gather(m, False)[0] for m in masks[1:]])  # (Nc, M)
                 tau = pair_temperature(log_tau, q_mod_all[rows], cand_mod)  # (B, Nc)
+                tau_t = pair_temperature(log_tau, cand_mod[:total][rows], q_mod_all) if self.symmetric else None
             else:
-                tau = self.temperature
-            logits = cos / tau  # (B, Nc)
+                tau = tau_t = self.temperature
 
-            # Component 2: admissible negatives -> curriculum -> DCL.
             admissible = self._admissible_forward(
                 positive_index, total, cands.shape[0], hash_all[0], known_all[0], cand_hash, cand_known
             )  # (B, Nc)
-            rho = self.rho
-            keep = hard_negative_mask(logits, positive_index, rho, candidate_mask=admissible) if rho > 0 else admissible
-            contrastive = self._contrastive(logits, positive_index, keep)
-
+            admissible_t = None
             if self.symmetric:
-                cos_t = p_rows @ q_cols.mT  # (B, Bt) positive i vs every query
-                if log_tau is not None:
-                    tau_t = pair_temperature(log_tau, cand_mod[:total][rows], q_mod_all)  # (B, Bt)
-                else:
-                    tau_t = self.temperature
-                logits_t = cos_t / tau_t  # (B, Bt)
                 admissible_t = self._admissible_reverse(
                     positive_index, total, hash_all[0], known_all[0], cand_hash[:total], cand_known[:total]
                 )  # (B, Bt)
-                keep_t = (
-                    hard_negative_mask(logits_t, positive_index, rho, candidate_mask=admissible_t)
+            rho = self.rho
+
+            # Component 2 at each Matryoshka dimension d: the leading d components, re-normalised (what
+            # truncate_dim does at inference); d = D uses the vectors as they are.
+            contrastive = torch.zeros((), dtype=cos.dtype, device=device)
+            per_dim: dict[int, Tensor] = {}
+            keep_full = admissible
+            for d, weight in self.matryoshka_plan(dim):
+                if d == dim:
+                    cos_d, p_rows_d, q_cols_d = cos, p_rows, q_cols
+                else:
+                    cos_d = _prefix(q_rows, d) @ _prefix(cands, d).mT  # (B, Nc)
+                    p_rows_d, q_cols_d = (_prefix(p_rows, d), _prefix(q_cols, d)) if self.symmetric else (None, None)
+                logits = cos_d / tau  # (B, Nc)
+                keep = (
+                    hard_negative_mask(logits, positive_index, rho, candidate_mask=admissible)
                     if rho > 0
-                    else admissible_t
+                    else admissible
                 )
-                contrastive = (contrastive + self._contrastive(logits_t, positive_index, keep_t)) / 2
+                term = self._contrastive(logits, positive_index, keep)
+                if self.symmetric:
+                    logits_t = (p_rows_d @ q_cols_d.mT) / tau_t  # (B, Bt) positive i vs every query
+                    keep_t = (
+                        hard_negative_mask(logits_t, positive_index, rho, candidate_mask=admissible_t)
+                        if rho > 0
+                        else admissible_t
+                    )
+                    term = (term + self._contrastive(logits_t, positive_index, keep_t)) / 2
+                if d == dim:
+                    keep_full = keep
+                per_dim[d] = term.detach()
+                contrastive = contrastive + weight * term
 
             coral = self.lambda_coral * coral_raw if self.use_whitening_coral else coral_raw
-            self._record_diagnostics(log_tau, rho, keep, admissible, positive_index, coral_raw)
+            self._record_diagnostics(log_tau, rho, keep_full, admissible, positive_index, coral_raw)
+            if self.matryoshka_dims is not None:
+                for d, value in per_dim.items():
+                    self._diagnostics[f"dcl@{d}"] = value
         return {"dcl": contrastive, "coral": coral}
 
     def _contrastive(self, logits: Tensor, positive_index: Tensor, keep: Tensor) -> Tensor:
@@ -540,11 +591,46 @@ class E5OmniLoss(nn.Module):
             "symmetric": self.symmetric,
             "hard_negative_scope": self.hard_negative_scope,
             "gather_across_devices": self.gather_across_devices,
+            "matryoshka_dims": None if self.matryoshka_dims is None else list(self.matryoshka_dims),
+            "matryoshka_weights": None if self.matryoshka_weights is None else list(self.matryoshka_weights),
         }
 
     @property
     def citation(self) -> str:
         return _CITATION
+
+
+def _prefix(unit: Tensor, dim: int) -> Tensor:
+    """The leading ``dim`` components of unit rows, re-normalised: ``(n, D) -> (n, dim)``."""
+    return F.normalize(unit[:, :dim], dim=-1)
+
+
+def _check_matryoshka(
+    dims: Sequence[int] | None, weights: Sequence[float] | None
+) -> tuple[tuple[int, ...] | None, tuple[float, ...] | None]:
+    """Validated ``(dims, weights)``; each bad entry is named by its position."""
+    if dims is None:
+        if weights is not None:
+            raise ValueError("matryoshka_weights needs matryoshka_dims (one weight per dimension)")
+        return None, None
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) == 0:
+        raise ValueError(f"matryoshka_dims must be a non-empty sequence of ints, got {dims!r}")
+    seen: dict[int, int] = {}
+    for i, d in enumerate(dims):
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"matryoshka_dims[{i}] must be an int >= 1, got {d!r}")
+        if d in seen:
+            raise ValueError(f"matryoshka_dims[{i}] = {d} repeats matryoshka_dims[{seen[d]}]")
+        seen[d] = i
+    if weights is None:
+        weights = [1.0] * len(dims)
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) != len(dims):
+        got = len(weights) if isinstance(weights, Sequence) and not isinstance(weights, (str, bytes)) else weights
+        raise ValueError(f"matryoshka_weights needs one weight per dimension ({len(dims)}), got {got!r}")
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"matryoshka_weights[{i}] must be a finite number >= 0, got {w!r}")
+    return tuple(int(d) for d in dims), tuple(float(w) for w in weights)
 
 
 def _sentence_embedding(output: Any, column: int) -> Tensor:
