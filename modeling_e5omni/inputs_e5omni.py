@@ -72,6 +72,34 @@ class RemoteMediaError(E5OmniInputError):
     """A URL was given where a local path was expected and remote fetching is disabled."""
 
 
+# ------------------------------------------------------------------------------------------------------ warnings
+class ItemWarning(UserWarning):
+    """A warning about one item (audio cut at max_audio_seconds, text truncated at max_length, a video stream that
+    ended early), carrying the item as data: `index` its position in the caller's list, `reason` what happened
+    without the position. Callers read these two attributes, never the message text.
+
+    Like `E5OmniInputError`, where the caller's list is unknown (a sentence-transformers batch called directly)
+    `index` is None and `batch_position` is the position in that batch (`at_batch_position`)."""
+
+    batch_position: int | None = None
+
+    def __init__(self, reason: str, index: int | None = None):
+        self.index = index
+        self.reason = reason
+        super().__init__(reason if index is None else f"item {index}: {reason}")
+
+    def at_batch_position(self, position: int, label: str) -> ItemWarning:
+        """This warning about position `position` of a batch whose positions are not the caller's: `index` None,
+        `batch_position` set, and the message worded as the error of that position is ("item 3: <reason>
+        [<label>]")."""
+        state = {**self.__dict__, "index": None, "batch_position": position}
+        return _rebuild_input_error(type(self), (f"item {position}: {self.reason} [{label}]",), state)
+
+    def __reduce__(self):
+        """Pickles whole (worker processes send their warnings back): type, reason, index, message and attributes."""
+        return _rebuild_input_error, (type(self), self.args, self.__dict__)
+
+
 # ------------------------------------------------------------------------------------------------------- items
 @dataclass
 class OmniItem:

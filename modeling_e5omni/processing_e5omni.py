@@ -50,6 +50,7 @@ from .inputs_e5omni import (
     IMAGE_LAYOUTS,
     VIDEO_LAYOUTS,
     E5OmniInputError,
+    ItemWarning,
     MediaDecodeError,
     MediaShapeError,
     MediaTooLargeError,
@@ -225,17 +226,17 @@ class E5OmniProcessor:
             self._reserved = reserved
         return reserved
 
-    def _truncate_ids(self, ids: list[int], where: str) -> list[int]:
+    def _truncate_ids(self, ids: list[int], index: int | None) -> list[int]:
         if len(ids) <= self.config.max_length:
             return ids
-        warnings.warn(
-            f"{where}: text of {len(ids)} tokens truncated to max_length={self.config.max_length}; the chat "
-            "template tail and the eos suffix are kept",
-            stacklevel=5,
+        reason = (
+            f"text of {len(ids)} tokens truncated to max_length={self.config.max_length}; the chat template tail "
+            "and the eos suffix are kept"
         )
+        warnings.warn(ItemWarning(reason, index), stacklevel=5)
         return ids[: self.config.max_length]
 
-    def _pieces(self, item: OmniItem, role: str, where: str, prompt: str | None = None) -> _Rendered:
+    def _pieces(self, item: OmniItem, role: str, index: int | None, prompt: str | None = None) -> _Rendered:
         """The chat template of one item with its text cut out: `template` (what the backbone processor sees, the
         text part left empty), the literal ids of the text part, and the template tail that follows the text."""
         parts: list[dict] = []
@@ -258,7 +259,7 @@ class E5OmniProcessor:
         head, tail = rendered.split(_TEXT_MARK)
         tail += self.config.eos_suffix
         tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
-        ids = self._truncate_ids(self.literal_ids(text), where)
+        ids = self._truncate_ids(self.literal_ids(text), index)
         return _Rendered(head + tail, ids, tail_ids, len(head))
 
     def render(self, item: OmniItem, role: str, index: int = 0, prompt: str | None = None) -> str:
@@ -268,7 +269,7 @@ class E5OmniProcessor:
         are `literal_ids` of the text, spliced into the template's ids (see `process_decoded`), so text can never
         become a control or media token. `prompt` overrides the role's prompt from the config (sentence-transformers
         passes its own prompts here)."""
-        rendered = self._pieces(item, role, f"item {index}", prompt)
+        rendered = self._pieces(item, role, index, prompt)
         if rendered.text_ids is None:
             return rendered.template
         cut = rendered.head_length
@@ -342,7 +343,8 @@ class E5OmniProcessor:
         """Tensors for items that were already normalised (`normalize_item`).
 
         `indices` are the items' positions in the caller's list (`encode` sorts items into batches), used in every
-        message about an item; `where` replaces those labels outright ("item 3" by default).
+        error and `ItemWarning` about an item; `where` replaces the labels of the other messages (a
+        `ResizeRuleError`: "item 3" by default).
 
         Text is airtight against control tokens: the backbone processor gets each item's chat template with an empty
         text part (so it expands only the media placeholders the template itself holds), and the literal ids of the
@@ -352,10 +354,10 @@ class E5OmniProcessor:
             raise ValueError(
                 f"E5OmniProcessor returns torch tensors only (return_tensors='pt'), got {return_tensors!r}"
             )
+        indices = list(range(len(decoded))) if indices is None else list(indices)
         if where is None:
-            indices = list(range(len(decoded))) if indices is None else list(indices)
             where = [f"item {i}" for i in indices]
-        rendered = [self._pieces(item, role, label, prompt) for item, label in zip(decoded, where, strict=True)]
+        rendered = [self._pieces(item, role, i, prompt) for item, i in zip(decoded, indices, strict=True)]
         images = [d.image for d in decoded if d.image is not None]
         audio = [d.audio for d in decoded if d.audio is not None]
         videos = [d.video for d in decoded if d.video is not None]
@@ -497,13 +499,152 @@ class E5OmniProcessor:
 
 
 # ------------------------------------------------------------------------------------------- input pipeline
+@dataclass
+class Prepared:
+    """What `prepare` made of a list of items.
+
+    `features`: the processor's tensors of the items kept (None when none is), rows in the order of `kept` (their
+    positions in the list given to `prepare`). `failures`: position -> the typed error of each item taken out (only
+    with ``keep_going=True``). `error`: the error that stopped the work (``keep_going=False``: the first bad item, or
+    a refusal of the whole batch), with its caller index. `warnings`: every warning raised on the way, in order; those
+    about an item are `ItemWarning`s whose `index` is the caller's (`indices`), the others (a library's own) as
+    raised."""
+
+    features: dict[str, Any] | None
+    kept: list[int]
+    failures: dict[int, E5OmniInputError]
+    warnings: list[Warning]
+    error: E5OmniInputError | None = None
+
+    def reraise(self, stacklevel: int = 2) -> dict[str, Any]:
+        """Warn each warning again here (the caller's process and filters), then raise `error`, else return the
+        features: what a caller that stops at the first bad item does with a prepared batch."""
+        for warning in self.warnings:
+            warnings.warn(warning, stacklevel=stacklevel + 1)
+        if self.error is not None:
+            raise self.error
+        return self.features
+
+
+def _item_warning(message: Warning, index: int | None) -> Warning:
+    """A warning raised while one item (caller index `index`) was being decoded, as an `ItemWarning` about it.
+
+    Our media decoders warn about the item they are given, so a plain `UserWarning` raised while item `index` alone
+    was being decoded is about that item: it is typed here by where it was raised, never by parsing its text (the
+    "item N: " its text may start with is the decoder's own wording of that same index). Warnings of other categories
+    (a library's DeprecationWarning, ...) are left as they are."""
+    if isinstance(message, ItemWarning) or index is None or type(message) is not UserWarning:
+        return message
+    text = str(message)
+    return ItemWarning(text.removeprefix(f"item {index}: "), index)
+
+
+def prepare(
+    processor: E5OmniProcessor,
+    items: list,
+    role: str = "document",
+    *,
+    indices: list[int] | None = None,
+    prompt: str | None = None,
+    where: list[str] | None = None,
+    check: bool = True,
+    keep_going: bool = False,
+) -> Prepared:
+    """Items -> features, failures, warnings: the one step from items to model inputs, used by `encode` (in this
+    process or in DataLoader workers: `BatchPreparer`), the sentence-transformers module, both index engines and,
+    through `encode`, mteb.
+
+    Each item is checked (`check_item`, unless `check=False`: the caller checked the whole list already) and decoded
+    under the model's budgets (`E5OmniProcessor.decode`), then the batch goes through the processor
+    (`process_decoded`, with `role` and `prompt`). `indices` are the items' positions in the caller's list (default:
+    their positions here): every error and `ItemWarning` names them. `where` labels the processor's other messages.
+
+    Nothing is raised and nothing is printed: errors and warnings come back in the `Prepared`, so a worker process can
+    send them to the caller whole. With ``keep_going=False`` the first bad item stops the work (`Prepared.error`);
+    with ``keep_going=True`` (batch jobs) a bad item is taken out (`Prepared.failures`) and the rest go on: an item the
+    processor refuses is found by the index it names, or one by one when it names none."""
+    items = list(items)
+    indices = list(range(len(items))) if indices is None else [int(i) for i in indices]
+    if len(indices) != len(items):
+        raise ValueError(f"prepare got {len(indices)} indices for {len(items)} items")
+    found: list[Warning] = []
+    seen: set = set()
+
+    def collect(caught, index: int | None) -> None:
+        for record in caught:
+            warning = _item_warning(record.message, index)
+            if isinstance(warning, ItemWarning):  # a retried batch raises an item's warnings again: once each
+                key = (type(warning), warning.index, warning.reason)
+                if key in seen:
+                    continue
+                seen.add(key)
+            found.append(warning)
+
+    failures: dict[int, E5OmniInputError] = {}
+    decoded: dict[int, OmniItem] = {}
+    modalities = processor.config.modalities
+    for position, item in enumerate(items):
+        index = indices[position]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                if check:
+                    check_item(item, index, modalities)
+                decoded[position] = processor.decode(item, index)
+            except E5OmniInputError as err:
+                failures[position] = err
+        collect(caught, index)
+        if failures and not keep_going:
+            return Prepared(None, [], {}, found, error=failures[position])
+
+    def process(positions: list[int]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                batch = processor.process_decoded(
+                    [decoded[p] for p in positions],
+                    role,
+                    prompt=prompt,
+                    indices=[indices[p] for p in positions],
+                    where=None if where is None else [where[p] for p in positions],
+                )
+                return dict(batch), None, caught
+            except E5OmniInputError as err:
+                return None, err, caught
+
+    pending = sorted(decoded)
+    while pending:
+        features, err, caught = process(pending)
+        collect(caught, None)
+        if err is None:
+            return Prepared(features, pending, failures, found)
+        if not keep_going:
+            return Prepared(None, [], failures, found, error=err)
+        named = [p for p in pending if indices[p] == err.index]
+        if named:
+            failures[named[0]] = err
+            pending.remove(named[0])
+            continue
+        before = len(pending)
+        for p in list(pending):  # no usable index: find the bad items one by one
+            _, one, caught = process([p])
+            collect(caught, None)
+            if one is not None:
+                failures[p] = one
+                pending.remove(p)
+        if len(pending) == before:  # each item alone passes, together they do not: the batch is refused
+            failures.update((p, err) for p in pending)
+            pending = []
+    return Prepared(None, [], failures, found)
+
+
 class BatchPreparer(torch.utils.data.Dataset):
-    """Batch `b` of an encode job -> its processed tensors: decode (under the budgets) + the processor.
+    """Batch `b` of an encode job -> its `Prepared` (`prepare` of its items, named by their caller indices).
 
     A map-style dataset over batches, so `torch.utils.data.DataLoader(..., batch_size=None, num_workers=N)` runs it
-    in N worker processes, in order, overlapped with the forward. Nothing is raised inside a worker: each batch
-    comes back as `{"features": ...}` or `{"error": E5OmniInputError}` plus the warnings it raised (truncations), so
-    the caller re-raises and re-warns in its own process with the caller's item indices intact."""
+    in N worker processes, in order, overlapped with the forward. Nothing is raised inside a worker: the typed error
+    and `ItemWarning`s come back whole, so the caller re-raises and re-warns in its own process with the caller's item
+    indices intact. The items were checked by the caller (`check_items`), so they are not checked again."""
 
     def __init__(self, processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str):
         self.processor, self.items, self.batches, self.role = processor, items, batches, role
@@ -511,18 +652,9 @@ class BatchPreparer(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b: int) -> dict:
+    def __getitem__(self, b: int) -> Prepared:
         index = self.batches[b]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                decoded = [self.processor.decode(self.items[i], i) for i in index]
-                features = dict(self.processor.process_decoded(decoded, self.role, indices=index))
-                out: dict[str, Any] = {"features": features}
-            except E5OmniInputError as err:
-                out = {"error": err}
-        out["warnings"] = [(str(w.message), w.category) for w in caught]
-        return out
+        return prepare(self.processor, [self.items[i] for i in index], self.role, indices=index, check=False)
 
 
 def _no_collate(batch):
@@ -549,12 +681,8 @@ def in_order(dataset: Any, num_workers: int):
 
 def prepared_batches(processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str, num_workers: int):
     """Yield each batch's features in order; `num_workers` > 0 prepares them in worker processes (DataLoader)."""
-    for out in in_order(BatchPreparer(processor, items, batches, role), num_workers):
-        for message, category in out["warnings"]:
-            warnings.warn(message, category, stacklevel=3)
-        if "error" in out:
-            raise out["error"]
-        yield out["features"]
+    for prepared in in_order(BatchPreparer(processor, items, batches, role), num_workers):
+        yield prepared.reraise(stacklevel=2)
 
 
 # ----------------------------------------------------------------------------------------------- mini-batching
@@ -616,6 +744,9 @@ def slice_features(features: dict, start: int, end: int) -> dict:
 
 __all__ = [
     "BatchPreparer",
+    "ItemWarning",
+    "Prepared",
+    "prepare",
     "ResizeRuleError",
     "prepared_batches",
     "IMAGE_LAYOUTS",

@@ -40,7 +40,15 @@ from sentence_transformers.sentence_transformer.model_card import SentenceTransf
 
 from .configuration_e5omni import MODALITIES
 from .modeling_e5omni import E5OmniModel
-from .processing_e5omni import E5OmniInputError, E5OmniProcessor, check_item, check_items
+from .processing_e5omni import (
+    E5OmniInputError,
+    E5OmniProcessor,
+    ItemWarning,
+    Prepared,
+    check_item,
+    check_items,
+    prepare,
+)
 
 ST_CONFIG = "config_sentence_transformers.json"
 #: Per-token keys that are reordered together with the hidden states (real tokens first).
@@ -193,16 +201,6 @@ def caller_positions(batch: Any) -> list[int] | None:
     return positions
 
 
-def _labelled(message: str, batch: list) -> str:
-    """A warning about batch position i ("item i: ...") with the same label an error about it gets."""
-    head, sep, body = message.partition(": ")
-    number = head.removeprefix("item ")
-    if not sep or head == number or not number.isdigit() or int(number) >= len(batch) or "[item " in message:
-        return message
-    position = int(number)
-    return f"item {position}: {body} [{batch_label(batch[position], position)}]"
-
-
 def batch_label(value: Any, position: int) -> str:
     """How errors and warnings name an input of a sentence-transformers batch (whose order is not the caller's)."""
     if is_message(value):
@@ -312,41 +310,39 @@ class E5OmniSTModule(InputModule):
         text+image input; ...]"); such an error has `index` None and `batch_position` set."""
         positions = caller_positions(inputs)
         raw = list(inputs) if isinstance(inputs, list | tuple) else None
-        error: E5OmniInputError | None = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                features = self._preprocess(inputs, raw, positions, prompt)
-            except E5OmniInputError as err:
-                error = err
-        for warning in caught:  # re-emitted outside the recording block, so the caller's filters apply
-            message = str(warning.message)
-            if positions is None and raw is not None:
-                message = _labelled(message, raw)
-            warnings.warn(message, warning.category, stacklevel=4)
-        if error is None:
-            return features
-        if positions is not None or error.index is None or raw is None or not 0 <= error.index < len(raw):
-            raise error  # named by the caller's index already (or about the whole batch)
-        raise error.at_batch_position(error.index, batch_label(raw[error.index], error.index)) from None
-
-    def _preprocess(self, inputs, raw: list | None, positions: list[int] | None, prompt: str | None) -> dict:
         config = self.auto_model.config
         if raw is None:
             check_items(inputs, config.modalities)  # not a list: the typed "expected a list of items" error
             raw = list(inputs)
+        if not raw:
+            check_items(raw)  # the typed "items is empty" error
         index = positions if positions is not None else list(range(len(raw)))
-        items = [message_to_item(x, index[i], config.modalities) if is_message(x) else x for i, x in enumerate(raw)]
-        if not items:
-            check_items(items)  # the typed "items is empty" error
-        for i, item in enumerate(items):
-            check_item(item, index[i], config.modalities)
-        if positions is not None:
-            where = [f"item {p}" for p in positions]
+        prepared: Prepared | None = None
+        try:
+            items = [message_to_item(x, index[i], config.modalities) if is_message(x) else x for i, x in enumerate(raw)]
+            for i, item in enumerate(items):  # the whole batch is checked before anything is decoded, as in encode
+                check_item(item, index[i], config.modalities)
+        except E5OmniInputError as err:
+            error: E5OmniInputError | None = err
         else:
-            where = [f"item {i} [{batch_label(raw[i], i)}]" for i in range(len(raw))]
-        decoded = [self.processor.decode(item, index[i]) for i, item in enumerate(items)]
-        return dict(self.processor.process_decoded(decoded, role="document", prompt=prompt, where=where))
+            if positions is not None:
+                where = [f"item {p}" for p in positions]
+            else:
+                where = [f"item {i} [{batch_label(raw[i], i)}]" for i in range(len(raw))]
+            prepared = prepare(
+                self.processor, items, "document", indices=index, prompt=prompt, where=where, check=False
+            )
+            error = prepared.error
+        for warning in prepared.warnings if prepared is not None else ():
+            if positions is None and isinstance(warning, ItemWarning) and warning.index is not None:
+                # an item named by its batch position: said so, as its error would be (`batch_label`)
+                warning = warning.at_batch_position(warning.index, batch_label(raw[warning.index], warning.index))
+            warnings.warn(warning, stacklevel=4)
+        if error is None:
+            return prepared.features
+        if positions is not None or error.index is None or not 0 <= error.index < len(raw):
+            raise error  # named by the caller's index already (or about the whole batch)
+        raise error.at_batch_position(error.index, batch_label(raw[error.index], error.index)) from None
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         output = self.auto_model(**features)

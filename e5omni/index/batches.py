@@ -12,7 +12,6 @@ so every vector comes from the same padded batch whichever engine or worker coun
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,72 +20,35 @@ import numpy as np
 
 from e5omni.index.sources import Record
 
-_ITEM_PREFIX = re.compile(r"^item (\d+)(?: \[[^\]]*\])?:? ?")
-
 
 def decode_and_process(processor: Any, items: list[Any]) -> tuple[dict[str, Any] | None, list[int], dict, dict]:
     """(features as CPU tensors, positions kept, {position: (error type, reason)}, {position: [warning, ...]}) for
     one model batch.
 
-    What `encode_document` does for a batch, except that a bad item does not stop it: an item that fails its check
-    or its decoding is taken out, and so is an item the processor refuses (by the index it names; one by one when it
-    names none). Decoding is `E5OmniProcessor.decode`, under the model's budgets. The warnings an item raises (audio
-    cut at max_audio_seconds, text truncated at max_length, a video stream that ended early) are returned with its
-    position instead of printed, so an index job records them (warnings.jsonl) instead of flooding the terminal; a
-    warning that names no item is re-raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        features, kept, failures = _decode_and_process(processor, items)
+    `modeling_e5omni.processing_e5omni.prepare` with ``keep_going=True`` (what `encode_document` does for a batch,
+    except that a bad item is taken out and the rest go on), in the plain types both engines send between processes.
+    The warnings an item raises (audio cut at max_audio_seconds, text truncated at max_length, a video stream that
+    ended early) are `ItemWarning`s naming its position: they are returned as their `reason` under that position
+    instead of printed, so an index job records them (warnings.jsonl) instead of flooding the terminal; a warning
+    about no item is warned again here."""
+    from modeling_e5omni.processing_e5omni import ItemWarning, prepare
+
+    prepared = prepare(processor, items, "document", keep_going=True)
     notes: dict[int, list[str]] = {}
-    for warning in caught:
-        message = str(warning.message)
-        match = _ITEM_PREFIX.match(message)
-        position = int(match.group(1)) if match else None
-        if position is None or not 0 <= position < len(items):
-            warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno)
-            continue
-        reason = message[match.end() :]
-        if reason not in notes.setdefault(position, []):
-            notes[position].append(reason)
-    return features, kept, failures, notes
-
-
-def _decode_and_process(processor: Any, items: list[Any]):
-    from modeling_e5omni.inputs_e5omni import E5OmniInputError
-    from modeling_e5omni.processing_e5omni import check_items
-
-    config = processor.config
-    decoded: dict[int, Any] = {}
-    failures: dict[int, tuple[str, str]] = {}
-    for position, item in enumerate(items):
-        try:
-            check_items([item], config.modalities)
-            decoded[position] = processor.decode(item, position)
-        except E5OmniInputError as err:
-            failures[position] = (type(err).__name__, err.reason)
-    pending = sorted(decoded)
-    while pending:
-        try:
-            batch = processor.process_decoded([decoded[p] for p in pending], "document", indices=pending)
-        except E5OmniInputError as err:
-            if err.index in pending:
-                failures[err.index] = (type(err).__name__, err.reason)
-                pending.remove(err.index)
-                continue
-            for p in list(pending):  # no usable index: find the bad items one by one
-                try:
-                    processor.process_decoded([decoded[p]], "document", indices=[p])
-                except E5OmniInputError as one:
-                    failures[p] = (type(one).__name__, one.reason)
-                    pending.remove(p)
-            continue
-        features = {}
-        for key, value in batch.items():
-            if not hasattr(value, "numpy"):
-                raise TypeError(f"processor output {key!r} is a {type(value).__name__}, not a tensor")
-            features[key] = value.detach().cpu()
-        return features, pending, failures
-    return None, [], failures
+    for warning in prepared.warnings:
+        if isinstance(warning, ItemWarning) and warning.index is not None and 0 <= warning.index < len(items):
+            notes.setdefault(warning.index, []).append(warning.reason)
+        else:
+            warnings.warn(warning, stacklevel=2)
+    failures = {p: (type(err).__name__, err.reason) for p, err in sorted(prepared.failures.items())}
+    if prepared.features is None:
+        return None, [], failures, notes
+    features = {}
+    for key, value in prepared.features.items():
+        if not hasattr(value, "numpy"):
+            raise TypeError(f"processor output {key!r} is a {type(value).__name__}, not a tensor")
+        features[key] = value.detach().cpu()
+    return features, prepared.kept, failures, notes
 
 
 def embed_features(model: Any, features: dict[str, Any], truncate_dim: int | None) -> np.ndarray:
