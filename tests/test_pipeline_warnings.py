@@ -125,3 +125,26 @@ def test_item_warning_pickles_whole():
     back = pickle.loads(pickle.dumps(warning))
     assert type(back) is ItemWarning and str(back) == str(warning) == "item 1: audio cut [label]"
     assert (back.index, back.reason, back.batch_position) == (None, "audio cut", 1)
+
+
+def test_mteb_warnings_name_the_task_row_past_the_first_chunk(model):
+    """mteb rows are encoded 256 at a time: a warning of the second chunk names its task row, not its chunk index."""
+    pytest.importorskip("mteb")
+    from datasets import Dataset
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.mocks import ALL_MOCK_TASK_REGISTRY
+    from torch.utils.data import DataLoader
+
+    from e5omni.evaluation.mteb_model import mteb_model
+
+    texts = [f"caption {i}" for i in range(260)]
+    texts[258] = "word " * (model.config.max_length * 2)
+    data = Dataset.from_dict({"id": [f"r{i}" for i in range(260)], "text": texts})
+    metadata = TaskMetadata(**ALL_MOCK_TASK_REGISTRY["MockRetrievalTask"].metadata.model_dump())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mteb_model(model).encode(
+            DataLoader(data, batch_size=64), task_metadata=metadata, hf_split="test", hf_subset="default"
+        )
+    ((index, reason),) = _about_items(caught)
+    assert index == 258 and "max_length" in reason and "row 258, id 'r258'" in reason

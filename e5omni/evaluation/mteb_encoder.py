@@ -6,6 +6,7 @@ Part of the [mteb] integration; :mod:`e5omni.evaluation.mteb_model` re-exports t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -120,23 +121,34 @@ class E5OmniMTEBEncoder(AbsEncoder):
         return np.concatenate(chunks)
 
     def _encode_items(self, items, rows, role, batch_size, show, start, where) -> np.ndarray:
-        from modeling_e5omni.inputs_e5omni import E5OmniInputError
+        """One chunk of rows through `E5OmniModel.encode` (the one item pipeline); its typed errors and
+        `ItemWarning`s, which name the chunk's items, are re-issued naming the task's row (`start` + index) and id."""
+        from modeling_e5omni.inputs_e5omni import E5OmniInputError, ItemWarning
 
-        try:
-            return np.asarray(
-                self.model.encode(
-                    items, role=role, batch_size=batch_size, show_progress_bar=show, convert_to_numpy=True
-                ),
-                dtype=np.float32,
-            )
-        except E5OmniInputError as err:
-            if err.index is None:
-                raise
-            row = rows[err.index]
+        def located(reason: str, index: int) -> tuple[str, int]:
+            row = rows[index]
             row_id = row.get("id") if isinstance(row, Mapping) else None
-            raise type(err)(
-                f"{err.reason} [{where} row {start + err.index}, id {row_id!r}]", start + err.index
-            ) from err
+            return f"{reason} [{where} row {start + index}, id {row_id!r}]", start + index
+
+        error: E5OmniInputError | None = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                vectors = self.model.encode(
+                    items, role=role, batch_size=batch_size, show_progress_bar=show, convert_to_numpy=True
+                )
+            except E5OmniInputError as err:
+                error = err
+        for record in caught:  # re-issued outside the recording block, so the caller's filters apply
+            message = record.message
+            if isinstance(message, ItemWarning) and message.index is not None and 0 <= message.index < len(rows):
+                message = ItemWarning(*located(message.reason, message.index))
+            warnings.warn(message, stacklevel=3)
+        if error is None:
+            return np.asarray(vectors, dtype=np.float32)
+        if error.index is None or not 0 <= error.index < len(rows):
+            raise error
+        raise type(error)(*located(error.reason, error.index)) from error
 
     def similarity(self, embeddings1, embeddings2):
         """Cosine similarity, as ``evaluate_retrieval`` ranks (mteb's own ``cos_sim``)."""
