@@ -49,16 +49,21 @@ from .configuration_e5omni import MODALITIES, E5OmniConfig
 from .inputs_e5omni import (
     IMAGE_LAYOUTS,
     VIDEO_LAYOUTS,
+    BatchPreparer,
     E5OmniInputError,
     ItemWarning,
     MediaDecodeError,
     MediaShapeError,
     MediaTooLargeError,
     OmniItem,
+    Prepared,
     RemoteMediaError,
     UnsupportedModalityError,
     check_item,
     check_items,
+    in_order,
+    prepare,
+    prepared_batches,
 )
 from .media_e5omni import (
     SAMPLING_RATE,
@@ -498,193 +503,6 @@ class E5OmniProcessor:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------- input pipeline
-@dataclass
-class Prepared:
-    """What `prepare` made of a list of items.
-
-    `features`: the processor's tensors of the items kept (None when none is), rows in the order of `kept` (their
-    positions in the list given to `prepare`). `failures`: position -> the typed error of each item taken out (only
-    with ``keep_going=True``). `error`: the error that stopped the work (``keep_going=False``: the first bad item, or
-    a refusal of the whole batch), with its caller index. `warnings`: every warning raised on the way, in order; those
-    about an item are `ItemWarning`s whose `index` is the caller's (`indices`), the others (a library's own) as
-    raised."""
-
-    features: dict[str, Any] | None
-    kept: list[int]
-    failures: dict[int, E5OmniInputError]
-    warnings: list[Warning]
-    error: E5OmniInputError | None = None
-
-    def reraise(self, stacklevel: int = 2) -> dict[str, Any]:
-        """Warn each warning again here (the caller's process and filters), then raise `error`, else return the
-        features: what a caller that stops at the first bad item does with a prepared batch."""
-        for warning in self.warnings:
-            warnings.warn(warning, stacklevel=stacklevel + 1)
-        if self.error is not None:
-            raise self.error
-        return self.features
-
-
-def _item_warning(message: Warning, index: int | None) -> Warning:
-    """A warning raised while one item (caller index `index`) was being decoded, as an `ItemWarning` about it.
-
-    Our media decoders warn about the item they are given, so a plain `UserWarning` raised while item `index` alone
-    was being decoded is about that item: it is typed here by where it was raised, never by parsing its text (the
-    "item N: " its text may start with is the decoder's own wording of that same index). Warnings of other categories
-    (a library's DeprecationWarning, ...) are left as they are."""
-    if isinstance(message, ItemWarning) or index is None or type(message) is not UserWarning:
-        return message
-    text = str(message)
-    return ItemWarning(text.removeprefix(f"item {index}: "), index)
-
-
-def prepare(
-    processor: E5OmniProcessor,
-    items: list,
-    role: str = "document",
-    *,
-    indices: list[int] | None = None,
-    prompt: str | None = None,
-    where: list[str] | None = None,
-    check: bool = True,
-    keep_going: bool = False,
-) -> Prepared:
-    """Items -> features, failures, warnings: the one step from items to model inputs, used by `encode` (in this
-    process or in DataLoader workers: `BatchPreparer`), the sentence-transformers module, both index engines and,
-    through `encode`, mteb.
-
-    Each item is checked (`check_item`, unless `check=False`: the caller checked the whole list already) and decoded
-    under the model's budgets (`E5OmniProcessor.decode`), then the batch goes through the processor
-    (`process_decoded`, with `role` and `prompt`). `indices` are the items' positions in the caller's list (default:
-    their positions here): every error and `ItemWarning` names them. `where` labels the processor's other messages.
-
-    Nothing is raised and nothing is printed: errors and warnings come back in the `Prepared`, so a worker process can
-    send them to the caller whole. With ``keep_going=False`` the first bad item stops the work (`Prepared.error`);
-    with ``keep_going=True`` (batch jobs) a bad item is taken out (`Prepared.failures`) and the rest go on: an item the
-    processor refuses is found by the index it names, or one by one when it names none."""
-    items = list(items)
-    indices = list(range(len(items))) if indices is None else [int(i) for i in indices]
-    if len(indices) != len(items):
-        raise ValueError(f"prepare got {len(indices)} indices for {len(items)} items")
-    found: list[Warning] = []
-    seen: set = set()
-
-    def collect(caught, index: int | None) -> None:
-        for record in caught:
-            warning = _item_warning(record.message, index)
-            if isinstance(warning, ItemWarning):  # a retried batch raises an item's warnings again: once each
-                key = (type(warning), warning.index, warning.reason)
-                if key in seen:
-                    continue
-                seen.add(key)
-            found.append(warning)
-
-    failures: dict[int, E5OmniInputError] = {}
-    decoded: dict[int, OmniItem] = {}
-    modalities = processor.config.modalities
-    for position, item in enumerate(items):
-        index = indices[position]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                if check:
-                    check_item(item, index, modalities)
-                decoded[position] = processor.decode(item, index)
-            except E5OmniInputError as err:
-                failures[position] = err
-        collect(caught, index)
-        if failures and not keep_going:
-            return Prepared(None, [], {}, found, error=failures[position])
-
-    def process(positions: list[int]):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                batch = processor.process_decoded(
-                    [decoded[p] for p in positions],
-                    role,
-                    prompt=prompt,
-                    indices=[indices[p] for p in positions],
-                    where=None if where is None else [where[p] for p in positions],
-                )
-                return dict(batch), None, caught
-            except E5OmniInputError as err:
-                return None, err, caught
-
-    pending = sorted(decoded)
-    while pending:
-        features, err, caught = process(pending)
-        collect(caught, None)
-        if err is None:
-            return Prepared(features, pending, failures, found)
-        if not keep_going:
-            return Prepared(None, [], failures, found, error=err)
-        named = [p for p in pending if indices[p] == err.index]
-        if named:
-            failures[named[0]] = err
-            pending.remove(named[0])
-            continue
-        before = len(pending)
-        for p in list(pending):  # no usable index: find the bad items one by one
-            _, one, caught = process([p])
-            collect(caught, None)
-            if one is not None:
-                failures[p] = one
-                pending.remove(p)
-        if len(pending) == before:  # each item alone passes, together they do not: the batch is refused
-            failures.update((p, err) for p in pending)
-            pending = []
-    return Prepared(None, [], failures, found)
-
-
-class BatchPreparer(torch.utils.data.Dataset):
-    """Batch `b` of an encode job -> its `Prepared` (`prepare` of its items, named by their caller indices).
-
-    A map-style dataset over batches, so `torch.utils.data.DataLoader(..., batch_size=None, num_workers=N)` runs it
-    in N worker processes, in order, overlapped with the forward. Nothing is raised inside a worker: the typed error
-    and `ItemWarning`s come back whole, so the caller re-raises and re-warns in its own process with the caller's item
-    indices intact. The items were checked by the caller (`check_items`), so they are not checked again."""
-
-    def __init__(self, processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str):
-        self.processor, self.items, self.batches, self.role = processor, items, batches, role
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, b: int) -> Prepared:
-        index = self.batches[b]
-        return prepare(self.processor, [self.items[i] for i in index], self.role, indices=index, check=False)
-
-
-def _no_collate(batch):
-    return batch
-
-
-def in_order(dataset: Any, num_workers: int):
-    """`dataset[0], dataset[1], ...` computed here (`num_workers` <= 0) or in that many DataLoader worker processes,
-    in order, 2 items ahead a worker (each item is already a whole batch: batch_size=None, no collation)."""
-    if num_workers <= 0 or len(dataset) < 2:
-        return (dataset[b] for b in range(len(dataset)))
-    return iter(
-        torch.utils.data.DataLoader(
-            dataset,
-            batch_size=None,
-            shuffle=False,
-            num_workers=min(num_workers, len(dataset)),
-            collate_fn=_no_collate,
-            prefetch_factor=2,
-            persistent_workers=False,
-        )
-    )
-
-
-def prepared_batches(processor: E5OmniProcessor, items: list, batches: list[list[int]], role: str, num_workers: int):
-    """Yield each batch's features in order; `num_workers` > 0 prepares them in worker processes (DataLoader)."""
-    for prepared in in_order(BatchPreparer(processor, items, batches, role), num_workers):
-        yield prepared.reraise(stacklevel=2)
-
-
 # ----------------------------------------------------------------------------------------------- mini-batching
 def _counts_before(mask: torch.Tensor, start: int, end: int) -> tuple[int, int]:
     mask = mask.long()
@@ -744,6 +562,7 @@ def slice_features(features: dict, start: int, end: int) -> dict:
 
 __all__ = [
     "BatchPreparer",
+    "in_order",
     "ItemWarning",
     "Prepared",
     "prepare",
