@@ -23,9 +23,16 @@ from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
 from mteb.models.abs_encoder import AbsEncoder, get_prompt_name  # noqa: E402
 from mteb.types import PromptType  # noqa: E402
 
-from e5omni.evaluation.mteb_meta import e5omni_model_meta  # noqa: E402
+from e5omni.evaluation import mteb_meta  # noqa: E402
 
-__all__ = ["E5OmniMTEBEncoder", "mteb_model"]
+__all__ = ["E5OmniMTEBEncoder", "e5omni_model_meta", "mteb_model"]
+
+
+def e5omni_model_meta(model: Any, **kwargs: Any):
+    """The ``mteb.models.ModelMeta`` of an e5-omni model (:func:`e5omni.evaluation.mteb_meta.e5omni_model_meta`, same
+    arguments) whose ``load_model()`` builds an :class:`E5OmniMTEBEncoder` unless ``loader`` says otherwise."""
+    kwargs.setdefault("loader", E5OmniMTEBEncoder)
+    return mteb_meta.e5omni_model_meta(model, **kwargs)
 
 
 def _load(source: str, revision: str | None, device: str | None):
@@ -71,8 +78,8 @@ class E5OmniMTEBEncoder(AbsEncoder):
         self.instructions = dict(instructions) if instructions else None
         self.document_instructions = document_instructions
         self.source = source
-        self.mteb_model_meta = e5omni_model_meta(
-            self.model, source=source, name=name, revision=revision, overrides=meta,
+        self.mteb_model_meta = mteb_meta.e5omni_model_meta(
+            self.model, source=source, name=name, revision=revision, overrides=meta, loader=E5OmniMTEBEncoder,
             loader_kwargs={"instructions": self.instructions, "document_instructions": document_instructions},
         )  # fmt: skip
 

@@ -96,9 +96,14 @@ def e5omni_model_meta(
     revision: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     loader_kwargs: Mapping[str, Any] | None = None,
+    loader: Any = None,
 ) -> ModelMeta:
     """The ``mteb.models.ModelMeta`` of an e5-omni model, from the model and (when ``source`` is a folder or Hub id)
-    its files. ``overrides`` set any field; the result is validated by mteb."""
+    its files. ``overrides`` set any field; the result is validated by mteb.
+
+    ``loader`` is what ``meta.load_model()`` calls: :class:`~e5omni.evaluation.mteb_encoder.E5OmniMTEBEncoder`, which
+    the encoder passes for itself and the public ``e5omni.evaluation.mteb_encoder.e5omni_model_meta`` by default (this
+    module never imports the encoder module, which imports it)."""
     config = model.config
     folder = Path(source) if source is not None and Path(source).is_dir() else None
     hub_id = source if source is not None and folder is None else None
@@ -120,10 +125,8 @@ def e5omni_model_meta(
     kwargs = dict(loader_kwargs or {})
     if folder is not None:
         kwargs["path"] = str(folder.resolve())
-    from e5omni.evaluation.mteb_encoder import E5OmniMTEBEncoder  # the meta's loader (which builds its meta here)
-
     fields: dict[str, Any] = {
-        "loader": E5OmniMTEBEncoder,
+        "loader": loader,
         "loader_kwargs": {k: v for k, v in kwargs.items() if v not in (None, False)},
         "name": name,
         "revision": commit or revision or model_fingerprint(model),
