@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from e5omni.index.errors import IndexBuildError, IndexDamagedError, SourceChangedError  # defined there, importable here
 from e5omni.index.sources import Record, iter_source
 
 MANIFEST = "manifest.json"
@@ -55,19 +56,6 @@ SOURCE_LIST = "source.jsonl"
 WARNINGS = "warnings.jsonl"
 SHARDS = "shards"
 MANIFEST_FORMAT = "e5omni-index/1"
-
-
-class IndexBuildError(RuntimeError):
-    """An index folder that cannot be written or resumed as asked (another model, another contract, not empty)."""
-
-
-class SourceChangedError(IndexBuildError):
-    """`--resume` of an index whose source changed since the run started (the message says what changed)."""
-
-
-class IndexDamagedError(IndexBuildError):
-    """A file of an index folder that is missing, unreadable, of another kind or not what the manifest recorded;
-    the message names the file and what is wrong."""
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from e5omni.index.batches import ShardBatches, decode_and_process, embed_features
-from e5omni.index.build import IndexBuildError
+from e5omni.index.errors import IndexBuildError
 from e5omni.index.sources import Record
 
 _PROCESSORS: dict[str, Any] = {}
