@@ -6,6 +6,9 @@ backbone (Qwen2.5-Omni thinker, Qwen2-VL, Qwen2.5-VL) and writes a folder in our
 the backbone's own transformers class, so transformers' key conversion handles both layouts; the language-model head
 is dropped (embeddings never use it). Media budgets are read from the source processor so that converting a released
 checkpoint does not change a single embedding.
+
+`load_backbone(src)` reads every base checkpoint above plus Qwen3-VL, the Qwen3-Omni thinker and Qwen3-VL-Embedding's
+head-less layout as the bare backbone + its processor; the Qwen3 ones are not convertible yet (PENDING_BACKBONES).
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ _GENERATION_CLASSES = {
     "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_omni_moe_thinker": "Qwen3OmniMoeThinkerForConditionalGeneration",
 }
+
+#: Backbones `load_backbone` reads but E5OmniConfig does not accept yet (docs/backbones.md, "Wiring plan").
+PENDING_BACKBONES = ("qwen3_vl", "qwen3_omni_moe_thinker")
 
 
 def parse_temperatures(spec: str | dict | None) -> dict[str, float] | None:
@@ -76,6 +84,38 @@ def _budgets(backbone_processor) -> dict:
     return out
 
 
+def _source_model_type(src) -> str:
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(src).model_type
+    if model_type == "e5omni":
+        raise ValueError(f"{src} is already in the e5-omni format")
+    if model_type not in _GENERATION_CLASSES:
+        raise ValueError(
+            f"cannot convert a {model_type!r} checkpoint; expected one of {sorted(_GENERATION_CLASSES)} "
+            "(a full qwen2_5_omni / qwen3_omni_moe checkpoint must be reduced to its thinker first)"
+        )
+    return model_type
+
+
+def load_backbone(src: str | os.PathLike):
+    """`(backbone, processor)` of a base checkpoint: the bare multimodal model (what our `E5OmniModel.backbone` is,
+    no LM head) with the checkpoint's weights in float32, and its own processor.
+
+    The weights are read through the backbone's generation class, so transformers' key conversion handles every
+    layout it knows: `model.language_model.*` / `model.visual.*` (/ `model.audio_tower.*`), the transformers 4.x
+    Qwen2.5 layouts, and checkpoints saved without `lm_head` (Qwen3-VL-Embedding's `Qwen3VLForEmbedding` holds
+    `model.*` only; the head it lacks is left to transformers' init and dropped here)."""
+    import transformers
+    from transformers import AutoProcessor
+
+    model_type = _source_model_type(src)
+    generation_cls = getattr(transformers, _GENERATION_CLASSES[model_type])
+    source = generation_cls.from_pretrained(src, dtype=torch.float32)
+    backbone = source.model.eval()
+    return backbone, AutoProcessor.from_pretrained(src)
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -83,26 +123,18 @@ def convert_checkpoint(
     **embedding_kwargs,
 ) -> Path:
     """Convert `src` (local folder or Hub id) into our format at `out`; returns `out`."""
-    import transformers
-    from transformers import AutoConfig, AutoProcessor
-
-    source_config = AutoConfig.from_pretrained(src)
-    model_type = source_config.model_type
-    if model_type == "e5omni":
-        raise ValueError(f"{src} is already in the e5-omni format")
-    if model_type not in _GENERATION_CLASSES:
+    model_type = _source_model_type(src)
+    if model_type in PENDING_BACKBONES:
         raise ValueError(
-            f"cannot convert a {model_type!r} checkpoint; expected one of {sorted(_GENERATION_CLASSES)} "
-            "(a full qwen2_5_omni checkpoint must be reduced to its thinker first)"
+            f"{src} is a {model_type!r} checkpoint, not yet an e5-omni backbone (E5OmniConfig does not accept it; "
+            "docs/backbones.md); e5omni.convert.load_backbone(src) loads it as a bare backbone"
         )
-    generation_cls = getattr(transformers, _GENERATION_CLASSES[model_type])
-    source = generation_cls.from_pretrained(src, dtype=torch.float32)
-    backbone_processor = AutoProcessor.from_pretrained(src)
+    backbone, backbone_processor = load_backbone(src)
 
     kwargs = {**_budgets(backbone_processor), **embedding_kwargs}
-    config = E5OmniConfig(backbone_config=source.config.to_dict(), **kwargs)
+    config = E5OmniConfig(backbone_config=backbone.config.to_dict(), **kwargs)
     model = E5OmniModel(config)
-    model.backbone.load_state_dict(source.model.state_dict(), strict=True)  # everything but lm_head
+    model.backbone.load_state_dict(backbone.state_dict(), strict=True)  # everything but lm_head
     values = parse_temperatures(temperatures)
     if values:
         with torch.no_grad():

@@ -110,3 +110,67 @@ def test_base_vl_backbones_convert(tmp_path, backbone):
     print(f"{backbone} base conversion vs reference: {diff:.2e}")
     assert diff < 1e-5
     assert model.config.modalities == ["text", "image", "video"]
+
+
+def _qwen3_items(kind):
+    items = [
+        {"text": "a red circle"},
+        {"image": make_image(3, (64, 64))},
+        {"text": "cap", "image": make_image(4, (64, 64))},
+    ]
+    if kind == "qwen3-omni":
+        t = np.arange(16000) / 16000
+        items.append({"text": "tone", "audio": {"array": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)}})
+    return items
+
+
+@pytest.mark.parametrize("kind", ["qwen3-vl", "qwen3-omni"])
+@pytest.mark.parametrize("layout", ["generation", "embedding"])
+def test_qwen3_checkpoints_load_as_bare_backbones(tmp_path, kind, layout):
+    """Qwen3-VL / Qwen3-Omni thinker checkpoints (the generation class, or Qwen3-VL-Embedding's head-less layout:
+    `model.*` keys only) load as the bare backbone with the same weights, so the reference path on the loaded
+    backbone equals the one on the source; convert_checkpoint refuses them with a message naming load_backbone."""
+    import transformers
+
+    from e5omni.convert import load_backbone
+    from e5omni.tiny import build_tiny_backbone
+    from tests.test_tiny_qwen3 import qwen3_reference_embed
+
+    backbone, processor = build_tiny_backbone(kind, seed=5)
+    cls = {
+        "qwen3-vl": transformers.Qwen3VLForConditionalGeneration,
+        "qwen3-omni": transformers.Qwen3OmniMoeThinkerForConditionalGeneration,
+    }[kind]
+    source = cls(backbone.config).eval()
+    source.model.load_state_dict(backbone.state_dict())
+    src = tmp_path / "src"
+    source.save_pretrained(src)
+    processor.save_pretrained(src)
+    path = src / "model.safetensors"
+    weights = load_file(str(path))
+    # transformers writes Qwen3-VL in the model.language_model.* / model.visual.* layout, and the Qwen3-Omni thinker
+    # back in its released one (model.layers.*, visual.*, audio_tower.*, lm_head)
+    prefix = "model.language_model." if kind == "qwen3-vl" else "audio_tower."
+    assert any(k.startswith(prefix) for k in weights) and "lm_head.weight" in weights
+    if layout == "embedding":  # Qwen3-VL-Embedding's Qwen3VLForEmbedding: no lm_head at all
+        save_file(
+            {k: v for k, v in weights.items() if not k.startswith("lm_head.")}, str(path), metadata={"format": "pt"}
+        )
+    loaded, loaded_processor = load_backbone(src)
+    assert type(loaded) is type(backbone)
+    expected = backbone.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    items = _qwen3_items(kind)
+    diff = (
+        (
+            qwen3_reference_embed(loaded, loaded_processor, kind, items)
+            - qwen3_reference_embed(backbone, processor, kind, items)
+        )
+        .abs()
+        .max()
+        .item()
+    )
+    print(f"{kind} {layout} layout: loaded vs built, max abs diff {diff:.2e}")
+    assert diff < 1e-6
+    with pytest.raises(ValueError, match="load_backbone"):
+        convert_checkpoint(src, tmp_path / "out")
