@@ -3,9 +3,11 @@ reports about an item are typed (`ItemWarning`: `index`, `reason`), so no caller
 
 from __future__ import annotations
 
+import ast
 import json
 import pickle
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +150,16 @@ def test_mteb_warnings_name_the_task_row_past_the_first_chunk(model):
         )
     ((index, reason),) = _about_items(caught)
     assert index == 258 and "max_length" in reason and "row 258, id 'r258'" in reason
+
+
+def test_model_meta_loads_the_encoder_without_an_import_cycle(model):
+    """mteb_meta no longer imports mteb_encoder: the encoder's public e5omni_model_meta supplies itself as loader."""
+    pytest.importorskip("mteb")
+    from e5omni.evaluation import mteb_encoder, mteb_meta
+
+    assert mteb_encoder.e5omni_model_meta(model).loader is mteb_encoder.E5OmniMTEBEncoder
+    assert mteb_meta.e5omni_model_meta(model, loader=mteb_encoder.E5OmniMTEBEncoder).loader is not None
+    tree = ast.parse(Path(mteb_meta.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("mteb_encoder" in name for name in imported if name), imported
