@@ -26,6 +26,7 @@ from e5omni.data import (
     HFExamples,
     InvalidItemError,
     MissingMediaError,
+    SymlinkLoopError,
     UnsafeMediaPathError,
     content_hash,
     from_hf_dataset,
@@ -672,8 +673,9 @@ def test_content_hash_treats_equivalent_array_layouts_as_one_item():
 
 
 def test_resolve_media_path_names_a_symlink_loop(media: Path):
-    """A loop under the media root is a typed refusal naming the path, not a bare RuntimeError from pathlib."""
+    """A loop under the media root is a typed refusal (an UnsafeMediaPathError) naming the path, not a bare
+    RuntimeError from pathlib."""
     (media / "loop_a").symlink_to(media / "loop_b")
     (media / "loop_b").symlink_to(media / "loop_a")
-    with pytest.raises(UnsafeMediaPathError, match="loop_a.*symlink loop"):
+    with pytest.raises(SymlinkLoopError, match="loop_a.*symlink loop"):
         resolve_media_path(media, "loop_a")

@@ -36,7 +36,14 @@ Collation (examples -> model inputs) is ``e5omni.train.collator``.
 from __future__ import annotations
 
 from e5omni.data.corpus import RetrievalCorpus, to_corpus
-from e5omni.data.errors import BadRowError, DataError, InvalidItemError, MissingMediaError, UnsafeMediaPathError
+from e5omni.data.errors import (
+    BadRowError,
+    DataError,
+    InvalidItemError,
+    MissingMediaError,
+    SymlinkLoopError,
+    UnsafeMediaPathError,
+)
 from e5omni.data.features import media_value_to_item
 from e5omni.data.files import load_csv, load_jsonl
 from e5omni.data.hf import (
@@ -78,6 +85,7 @@ __all__ = [
     "PASSTHROUGH_KEYS",
     "RetrievalCorpus",
     "UnsafeMediaPathError",
+    "SymlinkLoopError",
     "content_hash",
     "decode_audio_bytes",
     "from_hf_dataset",

@@ -57,6 +57,10 @@ class UnsafeMediaPathError(DataError):
         super().__init__(f"{_prefix(source, row, column, unit)}refusing media path {path!r}: {reason}")
 
 
+class SymlinkLoopError(UnsafeMediaPathError):
+    """A media path runs into a symlink loop (pathlib raises a bare RuntimeError for it)."""
+
+
 class MissingMediaError(DataError, FileNotFoundError):
     """A (safe) media path points at nothing; caught at load time instead of in the middle of training."""
 

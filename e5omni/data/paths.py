@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from e5omni.data.errors import MissingMediaError, UnsafeMediaPathError
+from e5omni.data.errors import MissingMediaError, SymlinkLoopError, UnsafeMediaPathError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
@@ -54,7 +54,9 @@ def resolve_media_path(
     try:
         resolved = (real_root / text).resolve()
     except (RuntimeError, OSError) as err:  # Python 3.11: RuntimeError("Symlink loop from ..."); later: ELOOP
-        raise refuse(f"it cannot be resolved ({err}): a symlink loop") from None
+        raise SymlinkLoopError(
+            text, f"it is a symlink loop ({err})", source=source, row=row, column=column, unit=unit
+        ) from None
     if resolved != real_root and real_root not in resolved.parents:
         raise refuse(f"it resolves to {resolved}, outside the media root {real_root} (symlink escape)")
     if resolved == real_root:

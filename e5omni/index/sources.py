@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from e5omni.data.errors import DataError
+from e5omni.data.errors import DataError, SymlinkLoopError
 from e5omni.data.paths import resolve_media_path
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"})
@@ -123,8 +123,8 @@ def _folder_record(root: Path, path: Path, rel_raw: str) -> Record | None:
             return error("UnsafeMediaPathError", f"{rel} is not a regular file (FIFO, device, ...)")
         try:
             resolved = resolve_media_path(root, rel_raw)  # refuses symlinks out of the folder
-        except RuntimeError as err:  # pathlib's "Symlink loop from ..." (an ELOOP it turns into RuntimeError)
-            return error("SymlinkLoopError", f"{rel} is a symlink loop ({readable(str(err))})")
+        except SymlinkLoopError as err:
+            return error("SymlinkLoopError", f"{rel} is a symlink loop ({readable(err.reason)})")
         mode = os.stat(resolved).st_mode
         if not stat.S_ISREG(mode):
             return error("UnsafeMediaPathError", f"{rel} is not a regular file (FIFO, device, ...)")
@@ -379,10 +379,8 @@ def _table_record(entry: dict[str, Any], where: str, root: Path, source: str, li
                 item["text"] = value
             else:
                 item[key] = str(resolve_media_path(root, value, source=source, row=line, column=key))
-    except (DataError, OSError) as err:
+    except (DataError, OSError) as err:  # a symlink loop is a DataError too (SymlinkLoopError)
         return Record(rid, where, error=(type(err).__name__, str(err)), stamp=stamp)
-    except RuntimeError as err:  # pathlib's symlink loop
-        return Record(rid, where, error=("SymlinkLoopError", f"{where}: {err}"), stamp=stamp)
     if not item:
         return Record(rid, where, error=("BadRowError", f"{where}: no text, image, audio or video"), stamp=stamp)
     return Record(rid, where, item=item["text"] if list(item) == ["text"] else item, stamp=stamp)
