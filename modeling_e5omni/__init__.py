@@ -9,6 +9,7 @@ from .modeling_e5omni import E5OmniModel, E5OmniOutput, last_token_pool, registe
 from .processing_e5omni import (
     E5OmniInputError,
     E5OmniProcessor,
+    ItemWarning,
     MediaDecodeError,
     MediaShapeError,
     MediaTooLargeError,
@@ -26,6 +27,7 @@ __all__ = [
     "E5OmniOutput",
     "E5OmniProcessor",
     "E5OmniInputError",
+    "ItemWarning",
     "MediaDecodeError",
     "MediaShapeError",
     "MediaTooLargeError",

@@ -285,14 +285,12 @@ class Prepared:
 def _item_warning(message: Warning, index: int | None) -> Warning:
     """A warning raised while one item (caller index `index`) was being decoded, as an `ItemWarning` about it.
 
-    Our media decoders warn about the item they are given, so a plain `UserWarning` raised while item `index` alone
-    was being decoded is about that item: it is typed here by where it was raised, never by parsing its text (the
-    "item N: " its text may start with is the decoder's own wording of that same index). Warnings of other categories
-    (a library's DeprecationWarning, ...) are left as they are."""
+    Our media decoders warn with `ItemWarning` themselves; a plain `UserWarning` raised (by a library) while item
+    `index` alone was being decoded is about that item: it is typed here by where it was raised, never by parsing its
+    text. Warnings of other categories (a library's DeprecationWarning, ...) are left as they are."""
     if isinstance(message, ItemWarning) or index is None or type(message) is not UserWarning:
         return message
-    text = str(message)
-    return ItemWarning(text.removeprefix(f"item {index}: "), index)
+    return ItemWarning(str(message), index)
 
 
 def prepare(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .configuration_e5omni import E5OmniConfig
-from .inputs_e5omni import E5OmniInputError, MediaDecodeError
+from .inputs_e5omni import E5OmniInputError, ItemWarning, MediaDecodeError
 from .media_remote_e5omni import media_source
 
 SAMPLING_RATE = 16_000
@@ -103,7 +103,7 @@ def load_audio(value, index: int, max_seconds: float, config: E5OmniConfig | Non
     limit = max(1, int(max_seconds * rate))
     if array.shape[0] > limit:
         warnings.warn(
-            f"item {index}: audio of {array.shape[0] / rate:.1f} s truncated to max_audio_seconds={max_seconds}",
+            ItemWarning(f"audio of {array.shape[0] / rate:.1f} s truncated to max_audio_seconds={max_seconds}", index),
             stacklevel=3,
         )
         array = array[:limit]
@@ -153,7 +153,9 @@ def _read_audio_file(value, index: int, max_seconds: float, config: E5OmniConfig
                 )
             if handle.frames > frames:
                 warnings.warn(
-                    f"item {index}: audio file {value!s} is longer than max_audio_seconds={max_seconds}; truncated",
+                    ItemWarning(
+                        f"audio file {value!s} is longer than max_audio_seconds={max_seconds}; truncated", index
+                    ),
                     stacklevel=4,
                 )
         if array.shape[0] == 0:

@@ -21,6 +21,7 @@ from .inputs_e5omni import (
     _ARRAY,
     VIDEO_LAYOUTS,
     E5OmniInputError,
+    ItemWarning,
     MediaDecodeError,
     MediaTooLargeError,
 )
@@ -223,8 +224,11 @@ def _read_video_av(
             raise ValueError("no video frames decoded")
         if len(frames) < len(indices):  # the header promised more frames than the stream holds: repeat the last
             warnings.warn(
-                f"item {index}: video stream ended early ({len(frames)} of {len(indices)} sampled frames decoded; "
-                "truncated file?); the last frame is repeated",
+                ItemWarning(
+                    f"video stream ended early ({len(frames)} of {len(indices)} sampled frames decoded; "
+                    "truncated file?); the last frame is repeated",
+                    index,
+                ),
                 stacklevel=4,
             )
         while len(frames) < len(indices):
@@ -257,8 +261,11 @@ def load_video_audio(value, index: int, config: E5OmniConfig, source: Path | byt
         raise MediaDecodeError(f"cannot decode the audio track of video {value!s}: {err}", index) from err
     if truncated:
         warnings.warn(
-            f"item {index}: the audio track of video {value!s} is longer than max_audio_seconds="
-            f"{config.max_audio_seconds}; truncated",
+            ItemWarning(
+                f"the audio track of video {value!s} is longer than max_audio_seconds={config.max_audio_seconds}; "
+                "truncated",
+                index,
+            ),
             stacklevel=3,
         )
     if array.size == 0:

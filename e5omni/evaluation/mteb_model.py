@@ -41,8 +41,11 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("e5omni.evaluation.mteb_model needs mteb: pip install 'e5-omni[mteb]'") from err
 
 from e5omni.evaluation.mteb_compare import MTEB_METRIC_MAP, compare_with_mteb  # noqa: E402
-from e5omni.evaluation.mteb_encoder import E5OmniMTEBEncoder, mteb_model  # noqa: E402
-from e5omni.evaluation.mteb_meta import e5omni_model_meta  # noqa: E402
+from e5omni.evaluation.mteb_encoder import (  # noqa: E402
+    E5OmniMTEBEncoder,
+    e5omni_model_meta,  # noqa: E402
+    mteb_model,
+)
 from e5omni.evaluation.mteb_task import E5OmniRetrievalTask, retrieval_task, subset_name  # noqa: E402
 
 __all__ = [
