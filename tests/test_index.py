@@ -453,3 +453,23 @@ def test_hub_source_reads_a_save_to_disk_folder_of_one_dataset(model, tmp_path):
     rows, vectors = read_shards(tmp_path / "i")
     assert [r["id"] for r in rows] == ["a", "b"]
     assert np.abs(vectors[1] - model.encode_document(["a blue circle"])[0].numpy()).max() < 1e-5
+
+
+def test_index_warns_when_truncating_to_a_dimension_the_model_was_not_trained_for(model, tmp_path):
+    """A Matryoshka-trained model records its dims: --truncate-dim outside them warns (never refuses); a trained one
+    does not."""
+    import warnings
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a red square")
+    saved = model.config.matryoshka_dimensions
+    model.config.matryoshka_dimensions = [model.config.hidden_size, 32]
+    try:
+        with pytest.warns(UserWarning, match="truncate_dim=16: this model was trained"):
+            build_corpus(model, folder, tmp_path / "i16", truncate_dim=16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            build_corpus(model, folder, tmp_path / "i32", truncate_dim=32)
+    finally:
+        model.config.matryoshka_dimensions = saved

@@ -534,3 +534,14 @@ def test_worker_script_imports_nothing_of_ours():
     source = WORKER.read_text()
     assert "e5omni" not in source.split('"""', 2)[2].replace("e5omni_export.json", "")
     assert sys.executable  # the test runs under the project's python; the worker never does
+
+
+def test_export_lists_the_matryoshka_dimensions_vllm_accepts(tmp_path):
+    """A model trained with --matryoshka_dims: config.json carries is_matryoshka / matryoshka_dimensions at its top
+    level (where vLLM reads them to accept `dimensions`); a model without them carries neither."""
+    model, processor = _tiny("qwen2.5-omni")
+    plain = json.loads((export_vllm(model, processor, tmp_path / "plain") / "config.json").read_text())
+    assert "is_matryoshka" not in plain and "matryoshka_dimensions" not in plain
+    model.config.matryoshka_dimensions = [model.config.hidden_size, 32, 16]
+    config = json.loads((export_vllm(model, processor, tmp_path / "mrl") / "config.json").read_text())
+    assert config["is_matryoshka"] is True and config["matryoshka_dimensions"] == model.config.matryoshka_dimensions

@@ -130,6 +130,9 @@ def _config_dict(config, backbone_type: str, dtype_name: str) -> dict[str, Any]:
     _, architecture = LAYOUTS[backbone_type]
     backbone = config.backbone_config.to_dict()
     backbone["dtype"] = dtype_name
+    # vLLM accepts `dimensions` only for the Matryoshka dims listed here (top level of config.json), refusing others
+    dims = getattr(config, "matryoshka_dimensions", None)
+    matryoshka = {"is_matryoshka": True, "matryoshka_dimensions": list(dims)} if dims else {}
     if backbone_type == "qwen2_5_omni_thinker":
         backbone["architectures"] = ["Qwen2_5OmniThinkerForConditionalGeneration"]
         return {
@@ -138,9 +141,10 @@ def _config_dict(config, backbone_type: str, dtype_name: str) -> dict[str, Any]:
             "enable_audio_output": False,
             "thinker_config": backbone,
             "dtype": dtype_name,
+            **matryoshka,
         }
     backbone["architectures"] = [architecture]
-    return backbone
+    return {**backbone, **matryoshka}
 
 
 def _budgeted_processor(processor, template: str):

@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -316,6 +317,10 @@ def build_corpus(
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     if truncate_dim is not None and not 0 < truncate_dim <= model.config.hidden_size:
         raise ValueError(f"truncate_dim must be in [1, {model.config.hidden_size}], got {truncate_dim}")
+    check = getattr(model.config, "untrained_truncation", None)  # remote-code configs of older repos lack it
+    untrained = check(truncate_dim) if check is not None and truncate_dim is not None else None
+    if untrained:
+        warnings.warn(f"e5omni index: {untrained}", UserWarning, stacklevel=2)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if engine == "ray" and not model_path:
