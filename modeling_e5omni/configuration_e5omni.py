@@ -22,6 +22,8 @@ BACKBONE_MODALITIES = {
     "qwen2_5_omni_thinker": ("text", "image", "audio", "video"),
     "qwen2_vl": ("text", "image", "video"),
     "qwen2_5_vl": ("text", "image", "video"),
+    "qwen3_vl": ("text", "image", "video"),
+    "qwen3_omni_moe_thinker": ("text", "image", "audio", "video"),
 }
 
 #: Image container formats the processor decodes (Pillow format names). MPO is a multi-picture JPEG (camera
@@ -33,7 +35,8 @@ DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
 class E5OmniConfig(PreTrainedConfig):
     r"""
     backbone_config (`dict` or `PreTrainedConfig`):
-        Config of the backbone (`qwen2_5_omni_thinker`, `qwen2_vl` or `qwen2_5_vl`).
+        Config of the backbone (`qwen2_5_omni_thinker`, `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl` or
+        `qwen3_omni_moe_thinker`).
     pooling (`str`, defaults to `"last"`):
         Pooling over the backbone's final hidden states. Only `"last"` (the last non-padding position, found from the
         attention mask so that left and right padding both work) is used by e5-omni.

@@ -100,6 +100,15 @@ _AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 # Stands for the text part while the template is rendered (private-use characters no template produces itself).
 _TEXT_MARK = "\ue000e5omni-text\ue001"
+
+#: The transformers processor classes a saved e5-omni folder may name as its backbone processor.
+BACKBONE_PROCESSOR_CLASSES = (
+    "Qwen2_5OmniProcessor",
+    "Qwen2VLProcessor",
+    "Qwen2_5_VLProcessor",
+    "Qwen3VLProcessor",
+    "Qwen3OmniMoeProcessor",
+)
 # Per-token keys of a backbone batch and what a spliced text token holds in each (None: the text's own ids).
 _TOKEN_FILL = {"input_ids": None, "attention_mask": 1, "mm_token_type_ids": 0}
 
@@ -141,6 +150,7 @@ class E5OmniProcessor:
 
     def __init__(self, backbone_processor, config: E5OmniConfig, pre_resize: bool = True):
         self.backbone_processor = backbone_processor
+        self._backbone_kind = type(backbone_processor).__name__
         self.config = config
         self.tokenizer = backbone_processor.tokenizer
         #: Resize images and video frames to the backbone processor's target size as they are decoded (`decode`);
@@ -184,7 +194,7 @@ class E5OmniProcessor:
         resolved = cached_file(pretrained_model_name_or_path, PROCESSOR_CONFIG, **hub_kwargs)
         with open(resolved) as handle:
             class_name = json.load(handle).get("backbone_processor_class")
-        if class_name not in ("Qwen2_5OmniProcessor", "Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
+        if class_name not in BACKBONE_PROCESSOR_CLASSES:
             raise ValueError(f"unsupported backbone processor class {class_name!r} in {PROCESSOR_CONFIG}")
         # The backbone processor, tokenizer and media processors are stock transformers classes, loaded by class with
         # remote code off (the caller opted in, or not, for our own classes only). `config` is handed on so the
@@ -293,6 +303,22 @@ class E5OmniProcessor:
             return None
         smart_resize, factor = found
         min_pixels, max_pixels = self.config.video_min_pixels, self.config.video_max_pixels
+        if type(video_processor).__name__ == "Qwen3VLVideoProcessor":
+            # Qwen3-VL's rule (transformers 5.25): num_frames first, the budget counts all frames of the clip, and
+            # the per-frame cap is max(min(max_video_tokens * factor^2, longest_edge // T), 1.05 * shortest_edge)
+            frame_cap = video_processor.max_video_tokens * factor * factor
+            per_frame = max(min(frame_cap, max_pixels // num_frames), int(min_pixels * 1.05))
+            return tuple(
+                smart_resize(
+                    num_frames,
+                    height,
+                    width,
+                    temporal_factor=video_processor.temporal_patch_size,
+                    factor=factor,
+                    min_pixels=min_pixels,
+                    max_pixels=per_frame * num_frames,
+                )
+            )
         total = int(video_processor.max_video_tokens * factor * factor * 0.9)
         max_pixels = max(
             min(max_pixels, total * video_processor.temporal_patch_size // num_frames), int(min_pixels * 1.05)
@@ -379,6 +405,13 @@ class E5OmniProcessor:
                 "fps": self.config.fps,
                 "cap_pixels_per_frame": True,
             }
+            if self._backbone_kind == "Qwen3VLProcessor":
+                # its "<t seconds>" frame stamps come from the metadata (else it warns and assumes 24 fps): frames
+                # are taken at the config's fps (arrays as given, files sampled uniformly at about that rate)
+                kwargs["video_metadata"] = [
+                    {"fps": self.config.fps, "frames_indices": list(range(len(v))), "total_num_frames": len(v)}
+                    for v in videos
+                ]
         with_track = any(d.video_audio is not None for d in decoded)
         if with_track:  # a video's audio track: an audio slot without a placeholder, interleaved with its frames
             audio, from_video, video_number = [], [], 0
@@ -396,6 +429,13 @@ class E5OmniProcessor:
         if audio:
             kwargs["audio"] = audio
             kwargs["audio_kwargs"] = {"sampling_rate": SAMPLING_RATE}
+            if self._backbone_kind == "Qwen3OmniMoeProcessor":
+                # its class default pads features to the batch's longest clip, which moves a shorter clip's last mel
+                # frames with its batch (9.8e-05, docs/backbones.md): pad to the extractor's chunk_length instead
+                # (what Qwen2.5-Omni's processor does); text padding moves to text_kwargs so the two do not collide
+                kwargs["audio_kwargs"]["padding"] = "max_length"
+                kwargs["audio_kwargs"]["truncation"] = False
+                kwargs["text_kwargs"] = {"padding": kwargs.pop("padding")}
         batch = self.backbone_processor(**kwargs)
         if self.pre_resize:
             self._check_resize(batch, decoded, where)

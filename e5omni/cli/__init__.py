@@ -3,7 +3,7 @@
     e5omni train --config configs/X.yaml [--key value ...]
     e5omni eval MODEL [--data synthetic:test|FILE|hub:NAME[:split]] [--mteb TASK,...] [--benchmark NAME] [--output metrics.json]
     e5omni push FOLDER --repo-id ID [--revision BRANCH] [--private] [--create-pr] [--dry-run DIR]
-    e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl] [--seed N]
+    e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl|qwen3-vl|qwen3-omni] [--seed N]
     e5omni encode MODEL [--text STR | --image PATH | --audio PATH | --video PATH | --item JSON | --items FILE.jsonl]... [--query] [--batch-size N] [--output FILE.npy]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
     e5omni demo [--output-dir DIR]
@@ -25,7 +25,7 @@ import argparse
 import sys
 
 from e5omni.cli.model import E5_OMNI_7B_TEMPERATURES, cmd_convert, cmd_demo, cmd_encode, cmd_init_tiny
-from e5omni.tiny import BACKBONES
+from e5omni.tiny import ALL_BACKBONES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-tiny", help="write a tiny random e5-omni model folder (offline, seeded)")
     p.add_argument("out")
-    p.add_argument("--backbone", choices=BACKBONES, default="qwen2.5-omni")
+    p.add_argument("--backbone", choices=ALL_BACKBONES, default="qwen2.5-omni")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init_tiny)
 
