@@ -26,6 +26,11 @@ from torch import nn
 
 #: Attention and MLP projections of the language model's decoder layers, for every backbone we serve.
 DEFAULT_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+#: Modules LoRA never wraps, whatever the targets say: the media towers. peft 0.21 wraps the Qwen3-Omni audio tower's
+#: q/k/v with the regex above (12 extra tensors on the tiny model, cause not found; docs/backbones.md).
+#: The Qwen3-Omni MoE experts are fused 3-D Parameters, not Linear modules: no `target_modules` reaches them, so LoRA
+#: leaves them (and the router, `mlp.gate`) frozen by default.
+LORA_EXCLUDE_MODULES = r"(.*\.)?(audio_tower|visual)\..*"
 LORA_CONFIG_FILE = "lora_config.json"
 #: The submodule holding the alignment state (`log_temperature` and the whitening buffers); an adapter folder names it
 #: in `modules_to_save`, so peft restores all of it (peft saves a wrapped module's whole `state_dict()`, buffers too).
@@ -44,7 +49,8 @@ def lora_config(
     use_rslora: bool = False,
 ):
     """LoRA (or DoRA with `use_dora`; rank-stabilised scaling alpha / sqrt(r) with `use_rslora`) on the language
-    model's attention and MLP projections."""
+    model's attention and MLP projections; the media towers are excluded (`LORA_EXCLUDE_MODULES`) whatever the
+    targets, and MoE experts (fused 3-D Parameters) are not LoRA targets."""
     from peft import LoraConfig
 
     if r < 1:
@@ -56,6 +62,7 @@ def lora_config(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules or DEFAULT_LORA_TARGETS,
+        exclude_modules=LORA_EXCLUDE_MODULES,
         bias="none",
         use_dora=use_dora,
         use_rslora=use_rslora,
