@@ -2,13 +2,13 @@
 
 `convert_checkpoint(src, out)` takes a released e5-omni checkpoint (`qwen2_5_omni_thinker`, saved as
 `Qwen2_5OmniThinkerForConditionalGeneration`, in either the transformers 4.x or 5.x weight-key layout) or a base
-backbone (Qwen2.5-Omni thinker, Qwen2-VL, Qwen2.5-VL) and writes a folder in our format. The weights are loaded through
+backbone (Qwen2.5-Omni thinker, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-Omni thinker) and writes a folder in our format. The weights are loaded through
 the backbone's own transformers class, so transformers' key conversion handles both layouts; the language-model head
 is dropped (embeddings never use it). Media budgets are read from the source processor so that converting a released
 checkpoint does not change a single embedding.
 
-`load_backbone(src)` reads every base checkpoint above plus Qwen3-VL, the Qwen3-Omni thinker and Qwen3-VL-Embedding's
-head-less layout as the bare backbone + its processor; the Qwen3 ones are not convertible yet (PENDING_BACKBONES).
+Qwen3-VL and Qwen3-Omni thinker checkpoints convert the same way, and so does Qwen3-VL-Embedding's head-less layout
+(`model.*` keys only). `load_backbone(src)` reads any of them as the bare backbone + its processor.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ _GENERATION_CLASSES = {
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "qwen3_omni_moe_thinker": "Qwen3OmniMoeThinkerForConditionalGeneration",
 }
-
-#: Backbones `load_backbone` reads but E5OmniConfig does not accept yet (docs/backbones.md, "Wiring plan").
-PENDING_BACKBONES = ("qwen3_vl", "qwen3_omni_moe_thinker")
 
 
 def parse_temperatures(spec: str | dict | None) -> dict[str, float] | None:
@@ -123,12 +120,6 @@ def convert_checkpoint(
     **embedding_kwargs,
 ) -> Path:
     """Convert `src` (local folder or Hub id) into our format at `out`; returns `out`."""
-    model_type = _source_model_type(src)
-    if model_type in PENDING_BACKBONES:
-        raise ValueError(
-            f"{src} is a {model_type!r} checkpoint, not yet an e5-omni backbone (E5OmniConfig does not accept it; "
-            "docs/backbones.md); e5omni.convert.load_backbone(src) loads it as a bare backbone"
-        )
     backbone, backbone_processor = load_backbone(src)
 
     kwargs = {**_budgets(backbone_processor), **embedding_kwargs}

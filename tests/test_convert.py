@@ -120,7 +120,8 @@ def _qwen3_items(kind):
     ]
     if kind == "qwen3-omni":
         t = np.arange(16000) / 16000
-        items.append({"text": "tone", "audio": {"array": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)}})
+        tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        items.append({"text": "tone", "audio": {"array": tone, "sampling_rate": 16000}})
     return items
 
 
@@ -129,7 +130,8 @@ def _qwen3_items(kind):
 def test_qwen3_checkpoints_load_as_bare_backbones(tmp_path, kind, layout):
     """Qwen3-VL / Qwen3-Omni thinker checkpoints (the generation class, or Qwen3-VL-Embedding's head-less layout:
     `model.*` keys only) load as the bare backbone with the same weights, so the reference path on the loaded
-    backbone equals the one on the source; convert_checkpoint refuses them with a message naming load_backbone."""
+    backbone equals the one on the source; `convert_checkpoint` writes our format with the same reference embedding
+    (text, image, video, and audio for the Omni thinker), through AutoModel and sentence-transformers."""
     import transformers
 
     from e5omni.convert import load_backbone
@@ -172,5 +174,18 @@ def test_qwen3_checkpoints_load_as_bare_backbones(tmp_path, kind, layout):
     )
     print(f"{kind} {layout} layout: loaded vs built, max abs diff {diff:.2e}")
     assert diff < 1e-6
-    with pytest.raises(ValueError, match="load_backbone"):
-        convert_checkpoint(src, tmp_path / "out")
+    # converted: the processor's own budgets are recorded (Qwen3-Omni's processor class sizes videos itself, at
+    # 128..768 x 32 x 32 pixels: the video budget is set to the tiny one that the reference path passes)
+    overrides = {"video_max_pixels": 64 * 64, "video_min_pixels": 32 * 32} if kind == "qwen3-omni" else {}
+    out = convert_checkpoint(src, tmp_path / "out", **overrides)
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert model.config.backbone_config.model_type == backbone.config.model_type
+    items = _qwen3_items(kind) + [{"video": make_video(2, size=64)}]
+    reference = qwen3_reference_embed(backbone, processor, kind, items)
+    st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    diffs = {
+        "auto": (model.encode_document(items) - reference).abs().max().item(),
+        "st": (st.encode_document(items, convert_to_tensor=True).cpu() - reference).abs().max().item(),
+    }
+    print(f"{kind} {layout} layout: converted vs reference {diffs}")
+    assert max(diffs.values()) < 1e-5, diffs
