@@ -129,3 +129,46 @@ def test_init_tiny_builds_a_qwen3_folder(kind, tmp_path):
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert model.config.backbone_config.model_type == BACKBONE_MODEL_TYPES[kind]
     torch.testing.assert_close(model.encode_document(["a red circle"]), tiny(kind).encode_document(["a red circle"]))
+
+
+def test_qwen3_omni_video_with_its_sound_track_equals_the_reference(tmp_path):
+    """A video file with a sound track on the Qwen3-Omni thinker: the frames and track e5-omni decodes, embedded
+    with the track interleaved (the processor's `load_audio_from_video`, the model's `use_audio_in_video`), equal
+    the reference path on the same decoded media; alone and in a batch mixing it with a silent video and an audio
+    clip (per-row position ids), the vectors agree."""
+    from tests.helpers import write_clip
+
+    model = tiny("qwen3-omni")
+    path = tmp_path / "clip.mkv"
+    write_clip(path, seconds=2.0, size=64)
+    decoded = model.processor.decode({"video": str(path)}, 0)
+    assert decoded.video_audio is not None and decoded.modality_mask[2]  # audio shows in the mask
+    backbone, processor = _reference_backbone(model, "qwen3-omni")
+    messages = [{"role": "user", "content": [{"type": "video"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "<|endoftext|>"
+    inputs = processor(
+        text=[text],
+        videos=[decoded.video],
+        audio=[decoded.video_audio],
+        load_audio_from_video=True,
+        audio_from_video_indices=[0],
+        text_kwargs={"padding": True},
+        audio_kwargs={"sampling_rate": 16000, "padding": "max_length", "truncation": False},
+        videos_kwargs={
+            "do_sample_frames": False,
+            "size": {"shortest_edge": model.config.video_min_pixels, "longest_edge": model.config.video_max_pixels},
+            "fps": model.config.fps,
+            "cap_pixels_per_frame": True,
+        },
+        return_tensors="pt",
+    )
+    assert "<|audio_start|>" in processor.tokenizer.decode(inputs["input_ids"][0])
+    with torch.no_grad():
+        hidden = backbone(**inputs, use_audio_in_video=True).last_hidden_state
+    reference = torch.nn.functional.normalize(hidden[0, -1].float(), dim=-1)  # left-padded, one row
+    alone = model.encode_document([{"video": str(path)}])[0]
+    items = [{"video": probe_items("qwen3-omni")[4]["video"]}, {"video": str(path)}, {"audio": make_audio(1)}]
+    batched = model.encode_document(items)
+    diffs = {"alone": (alone - reference).abs().max().item(), "batched": (batched[1] - reference).abs().max().item()}
+    print("qwen3-omni video with sound", diffs)
+    assert max(diffs.values()) < 1e-5, diffs
