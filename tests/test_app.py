@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,36 +15,12 @@ from PIL import Image
 pytest.importorskip("faiss", reason="faiss-cpu comes with the [index] extra")
 pytest.importorskip("gradio", reason="gradio comes with the [app] extra")
 
-from e5omni.app.demo import write_demo_corpus  # noqa: E402
 from e5omni.app.engine import Query, SearchEngine  # noqa: E402
 from e5omni.app.media import MediaNotFoundError, MediaStore  # noqa: E402
 from e5omni.app.render import results_html, status_html  # noqa: E402
 from e5omni.cli.common import load_inference_model  # noqa: E402
-from e5omni.index import CorpusIndex, build_corpus  # noqa: E402
-from e5omni.release import save_hub_folder  # noqa: E402
-from e5omni.tiny import build_tiny_model  # noqa: E402
-
-HOSTILE_TEXT = "${7*7} {{constructor}} <img src=x onerror=alert(1)> `backtick`"
-
-
-def make_app_corpus(root: Path) -> Path:
-    """The demo corpus (shapes as images, sounds, clips, captions) plus a caption of hostile markup."""
-    folder = root / "corpus"
-    write_demo_corpus(folder, n=16)
-    (folder / "captions" / "zz-hostile.txt").write_text(HOSTILE_TEXT)
-    return folder
-
-
-def make_app_index(root: Path) -> tuple[Path, Path, Path]:
-    """(model folder, corpus folder, index folder): the index built with the model as loaded from its folder, so
-    `e5omni search` (which loads it the same way) and the page search with the same model."""
-    model, processor = build_tiny_model("qwen2.5-omni", seed=0)
-    model_dir = save_hub_folder(model, processor, root / "model")
-    folder = make_app_corpus(root)
-    loaded = load_inference_model(str(model_dir))
-    build_corpus(loaded, folder, root / "index", model_path=str(model_dir), show_progress_bar=False)
-    CorpusIndex.build(root / "index")
-    return model_dir, folder, root / "index"
+from e5omni.index import CorpusIndex  # noqa: E402
+from tests.helpers import HOSTILE_TEXT, make_app_index  # noqa: E402
 
 
 @pytest.fixture(scope="module")

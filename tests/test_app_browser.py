@@ -62,7 +62,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`e5omni app` in a subprocess on the index of tests/test_app.py's corpus; yields (url, paths)."""
-    from tests.test_app import make_app_index
+    from tests.helpers import make_app_index
 
     root = tmp_path_factory.mktemp("app-browser")
     model_dir, folder, index_dir = make_app_index(root)
@@ -126,7 +126,7 @@ def test_search_upload_more_like_this_and_a_corrupt_upload_in_chromium(server, t
 
     from e5omni.cli.common import load_inference_model
     from e5omni.index import CorpusIndex
-    from tests.test_app import HOSTILE_TEXT
+    from tests.helpers import HOSTILE_TEXT
 
     index = CorpusIndex.load(server["index_dir"])
     model = load_inference_model(str(server["model_dir"]))

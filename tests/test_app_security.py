@@ -28,7 +28,7 @@ from e5omni.app.page import create_app  # noqa: E402
 from e5omni.app.uploads import UploadRefusedError, checked_upload, upload_folder  # noqa: E402
 from e5omni.cli.common import load_inference_model  # noqa: E402
 from e5omni.index import CorpusIndex  # noqa: E402
-from tests.test_app import make_app_index  # noqa: E402
+from tests.helpers import make_app_index  # noqa: E402
 
 SECRET = b"e5omni-secret-" + os.urandom(8).hex().encode()
 QUICK = 10.0  # seconds: a refusal must come back well within this (a read of /dev/zero never would)

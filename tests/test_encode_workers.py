@@ -17,7 +17,7 @@ import torch
 from modeling_e5omni import MediaDecodeError
 from modeling_e5omni.inputs_e5omni import MediaTooLargeError
 from tests.conftest import make_audio, make_image, make_video, tiny
-from tests.test_inputs import write_mp4
+from tests.helpers import write_mp4
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from e5omni.evaluation import EvaluationError, OmniRetrievalEvaluator, evaluate_
 from e5omni.tiny import build_tiny_model
 from e5omni.train.trainer import E5OmniTrainer
 from modeling_e5omni.sentence_e5omni import sentence_transformer
-from tests.test_trainer import REPO, _args
+from tests.cli_runs import REPO
+from tests.helpers import training_args
 
 
 def _few(per_pair: int) -> list[dict]:
@@ -68,7 +69,7 @@ def test_trainer_selects_and_reloads_the_best_checkpoint_by_retrieval(tmp_path):
     prove no reload; ranking by *lowest* MRR (greater_is_better=False) selects an earlier checkpoint, which must then
     really be the model in memory at the end."""
     evaluator = OmniRetrievalEvaluator(_few(2), metrics=("hit@1", "mrr"), per_pair=False, batch_size=64)
-    args = _args(
+    args = training_args(
         tmp_path,
         eval_strategy="steps",
         eval_steps=2,

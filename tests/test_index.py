@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +18,7 @@ from e5omni.index.search import read_shards
 from e5omni.release import save_hub_folder
 from e5omni.tiny import build_tiny_model
 from tests.cli_runs import REPO, env
-from tests.test_inputs import write_mp4
+from tests.helpers import kill_9_after_shards, salted_folder, text_corpus
 
 pytest.importorskip("faiss", reason="faiss-cpu comes with the [index] extra")
 
@@ -39,32 +35,8 @@ def model_dir(model, tmp_path_factory):
     return save_hub_folder(model, model.processor, tmp_path_factory.mktemp("index-model") / "m")
 
 
-def _salted_folder(root: Path) -> tuple[Path, set[str], set[str]]:
-    """A small corpus of every medium plus broken and hostile files: (folder, good ids, bad ids)."""
-    folder = root / "corpus"
-    (folder / "sub").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    t = np.arange(16000) / 16000
-    sf.write(folder / "sub" / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
-    write_mp4(folder / "sub" / "clip.mp4", rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8))
-    (folder / "a.txt").write_text("a red square on the left")
-    (folder / "sub" / "b.txt").write_text("a loud beep")
-    (folder / "README.md").write_text("not a medium: not part of the corpus")
-    good = {"img0.png", "img1.png", "img2.png", "sub/tone.wav", "sub/clip.mp4", "a.txt", "sub/b.txt"}
-    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    Image.new("1", (9400, 9400)).save(folder / "bomb.png")  # 88 Mpx declared, refused from the header
-    clip = (folder / "sub" / "clip.mp4").read_bytes()
-    (folder / "truncated.mp4").write_bytes(clip[: len(clip) // 3])
-    os.symlink("/etc/passwd", folder / "escape.txt")
-    os.mkfifo(folder / "pipe.wav")
-    bad = {"corrupt.png", "bomb.png", "truncated.mp4", "escape.txt", "pipe.wav"}
-    return folder, good, bad
-
-
 def test_a_salted_folder_embeds_everything_else_and_records_each_bad_file(model, tmp_path):
-    folder, good, bad = _salted_folder(tmp_path)
+    folder, good, bad = salted_folder(tmp_path)
     out = tmp_path / "index"
     summary = build_corpus(model, folder, out, shard_size=4, batch_size=3, show_progress_bar=False)
     assert (summary.embedded, summary.failed) == (len(good), len(bad))
@@ -91,7 +63,7 @@ def test_a_salted_folder_embeds_everything_else_and_records_each_bad_file(model,
 
 
 def test_an_existing_index_is_not_overwritten_without_resume(model, tmp_path):
-    folder, _, _ = _salted_folder(tmp_path)
+    folder, _, _ = salted_folder(tmp_path)
     build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
     with pytest.raises(IndexBuildError, match="resume"):
         build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
@@ -100,7 +72,7 @@ def test_an_existing_index_is_not_overwritten_without_resume(model, tmp_path):
 def test_worker_processes_give_the_same_index(model, tmp_path):
     """`num_workers=2`: decoding in two DataLoader worker processes, overlapped with the forward; the same rows,
     vectors and errors file as the in-process run (the bad files still recorded, none lost)."""
-    folder, good, bad = _salted_folder(tmp_path)
+    folder, good, bad = salted_folder(tmp_path)
     kwargs = {"shard_size": 5, "batch_size": 2, "show_progress_bar": False}
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     build_corpus(model, folder, serial, **kwargs)
@@ -148,32 +120,8 @@ def test_items_embedded_with_warnings_are_recorded_not_printed(model, tmp_path):
     assert resumed.warned == 2 and (out / "warnings.jsonl").read_text() == (parallel / "warnings.jsonl").read_text()
 
 
-def _text_corpus(root: Path, n: int) -> Path:
-    folder = root / "texts"
-    folder.mkdir()
-    for i in range(n):
-        (folder / f"{i:03d}.txt").write_text(f"document number {i}: a {['red', 'blue', 'green'][i % 3]} shape")
-    (folder / "000-broken.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
-    return folder
-
-
-def kill_9_after_shards(cmd: list[str], out: Path, shards: int, timeout: float) -> int:
-    """Start `e5omni index` (cmd), SIGKILL it once its manifest lists `shards` finished shards; the shards done."""
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        manifest = out / "manifest.json"
-        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= shards:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return len(read_manifest(out)["shards"])
-
-
 def test_kill_9_mid_run_then_resume_holds_every_id_once_with_the_same_vectors(model, model_dir, tmp_path):
-    folder = _text_corpus(tmp_path, 60)
+    folder = text_corpus(tmp_path, 60)
     reference = tmp_path / "reference"
     build_corpus(model, folder, reference, shard_size=4, batch_size=4, show_progress_bar=False)
     killed = tmp_path / "killed"
@@ -193,7 +141,7 @@ def test_kill_9_mid_run_then_resume_holds_every_id_once_with_the_same_vectors(mo
 
 
 def test_search_matches_brute_force_and_reports_calibrated_scores(model, tmp_path):
-    folder, good, _ = _salted_folder(tmp_path)
+    folder, good, _ = salted_folder(tmp_path)
     out = tmp_path / "index"
     build_corpus(model, folder, out, show_progress_bar=False)
     index = CorpusIndex.build(out)
@@ -218,7 +166,7 @@ def test_search_matches_brute_force_and_reports_calibrated_scores(model, tmp_pat
 
 
 def test_search_with_another_model_or_dimension_fails_clearly(model, tmp_path):
-    folder = _text_corpus(tmp_path, 5)
+    folder = text_corpus(tmp_path, 5)
     build_corpus(model, folder, tmp_path / "i", show_progress_bar=False)
     index = CorpusIndex.build(tmp_path / "i")
     other, processor = build_tiny_model("qwen2.5-omni", seed=1)
@@ -230,7 +178,7 @@ def test_search_with_another_model_or_dimension_fails_clearly(model, tmp_path):
 
 
 def test_matryoshka_hnsw_and_add(model, tmp_path):
-    folder = _text_corpus(tmp_path, 12)
+    folder = text_corpus(tmp_path, 12)
     out = tmp_path / "i"
     build_corpus(model, folder, out, truncate_dim=16, show_progress_bar=False)
     index = CorpusIndex.build(out, kind="hnsw")
@@ -278,7 +226,7 @@ def test_ivf_presets_find_the_exact_neighbours_of_clustered_vectors():
 
 
 def test_ivf_kind_builds_saves_and_loads(model, tmp_path):
-    folder = _text_corpus(tmp_path, 45)
+    folder = text_corpus(tmp_path, 45)
     out = tmp_path / "i"
     build_corpus(model, folder, out, show_progress_bar=False)
     exact = [(r.id, r.score) for r in CorpusIndex.build(out, kind="flat").search(model, "a red shape", k=5)]
@@ -300,7 +248,7 @@ def test_ivf_kind_builds_saves_and_loads(model, tmp_path):
 def test_ivfpq_reranks_its_candidates_with_the_exact_vectors(model, tmp_path):
     """ivfpq's codes pick 10 x k candidates, the memory-mapped exact store ranks them: the results of the exact
     index, with exact cosines; added rows join the store on save; a missing store degrades with a warning."""
-    folder = _text_corpus(tmp_path, 300)
+    folder = text_corpus(tmp_path, 300)
     out = tmp_path / "i"
     build_corpus(model, folder, out, show_progress_bar=False)
     queries = ["a red shape", "document number 17", "a green shape, number 250"]
@@ -354,7 +302,7 @@ def test_table_sources_confine_paths_and_name_bad_rows(model, tmp_path):
 
 
 def test_cli_index_then_search_table_and_json(model_dir, tmp_path):
-    folder = _text_corpus(tmp_path, 6)
+    folder = text_corpus(tmp_path, 6)
     out = tmp_path / "i"
     run = subprocess.run(
         [sys.executable, "-m", "e5omni.cli", "index", str(model_dir), str(folder), "--out", str(out), "--no-progress"]

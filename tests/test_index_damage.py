@@ -427,7 +427,7 @@ def test_calibrated_search_uses_the_decoded_modality_mask_of_a_video_with_sound(
     """Defect 1: a video with its audio track is audio + video after decoding (what training calibrates with), not
     the structural `video` of the item. The shards store the processor's mask and search's calibrated score equals
     model.similarity(calibrated=True) with the decoded masks, for a document and for a query with sound."""
-    from tests.test_video_audio import write_clip
+    from tests.helpers import write_clip
 
     saved = model.alignment.log_temperature.detach().clone()
     with torch.no_grad():  # distinct temperatures per modality (a fresh model has one value for all four)

@@ -24,7 +24,7 @@ from e5omni.index.search import read_shards
 from e5omni.release import save_hub_folder
 from e5omni.tiny import build_tiny_model
 from tests.cli_runs import REPO, env
-from tests.test_index import _salted_folder, _text_corpus, kill_9_after_shards
+from tests.helpers import kill_9_after_shards, salted_folder, text_corpus
 
 ray = pytest.importorskip("ray", reason="Ray Data comes with the [index] extra")
 
@@ -67,9 +67,9 @@ def test_ray_engine_steps_in_process_give_the_local_engines_shard(model, model_d
     from e5omni.index.batches import ShardBatches, embed_chunk
     from e5omni.index.ray_engine import Embedder, _decode_row
     from e5omni.index.sources import iter_folder
-    from tests.test_video_audio import write_clip
+    from tests.helpers import write_clip
 
-    folder, _, _ = _salted_folder(tmp_path)
+    folder, _, _ = salted_folder(tmp_path)
     write_clip(folder / "loud.mkv")  # a video with its audio track: audio + video in the mask
     (folder / "long.txt").write_text("word " * (model.config.max_length * 2))
     records = list(iter_folder(folder))
@@ -92,7 +92,7 @@ def test_ray_engine_steps_in_process_give_the_local_engines_shard(model, model_d
 
 @pytest.mark.slow
 def test_ray_engine_equals_the_local_engine_on_a_salted_folder(cluster, model, model_dir, tmp_path):
-    folder, good, bad = _salted_folder(tmp_path)
+    folder, good, bad = salted_folder(tmp_path)
     (folder / "long.txt").write_text("word " * (model.config.max_length * 2))  # embedded with a warning
     good = {*good, "long.txt"}
     local, distributed = tmp_path / "local", tmp_path / "ray"
@@ -116,7 +116,7 @@ def test_ray_engine_equals_the_local_engine_on_a_salted_folder(cluster, model, m
 def test_ray_engine_resumes_an_interrupted_index_by_shard(cluster, model, model_dir, tmp_path):
     """What a kill leaves (finished shards in the manifest, a shard file and error lines of an unfinished one, a
     gap: ray finishes shards out of order) is resumed by the ray engine into the uninterrupted index."""
-    folder = _text_corpus(tmp_path, 14)  # 15 records (one broken) in 4 shards of 4
+    folder = text_corpus(tmp_path, 14)  # 15 records (one broken) in 4 shards of 4
     kwargs = {"shard_size": 4, "batch_size": 2, "show_progress_bar": False, "model_path": str(model_dir)}
     reference = tmp_path / "reference"
     build_corpus(model, folder, reference, **kwargs)
@@ -136,7 +136,7 @@ def test_ray_engine_resumes_an_interrupted_index_by_shard(cluster, model, model_
 
 @pytest.mark.slow
 def test_kill_9_mid_ray_run_then_resume_holds_every_id_once(model, model_dir, tmp_path):
-    folder = _text_corpus(tmp_path, 40)
+    folder = text_corpus(tmp_path, 40)
     reference = tmp_path / "reference"
     build_corpus(model, folder, reference, shard_size=2, batch_size=2, show_progress_bar=False)
     killed = tmp_path / "killed"

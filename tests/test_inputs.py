@@ -8,7 +8,6 @@ import sys
 import textwrap
 import warnings
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -23,18 +22,7 @@ from modeling_e5omni import (
     UnsupportedModalityError,
 )
 from tests.conftest import make_audio, make_image, make_video, tiny
-
-
-def write_mp4(path, frames: np.ndarray, fps: int = 4) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+from tests.helpers import write_mp4
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from e5omni.train.losses import (
     instance_temperature,
     pair_temperature,
 )
+from tests.helpers import LOSS_CONFIGS, TemperatureHolder, module_and_reference_kwargs, random_batch
 from tests.linalg_reference import newton_schulz_inverse_sqrt
 
 # One-modality rows of a modality mask (text, image, audio, video).
@@ -35,14 +36,6 @@ TXT, IMG, AUD, VID = (
 
 def mask(*rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.bool)
-
-
-class TemperatureHolder(nn.Module):
-    """The smallest model the loss accepts: it only holds the per-modality log-temperatures."""
-
-    def __init__(self, taus=(0.02, 0.02, 0.02, 0.02)):
-        super().__init__()
-        self.log_temperature = nn.Parameter(torch.tensor(taus, dtype=torch.float32).log())
 
 
 # ------------------------------------------------------------------------------------------------ component 1
@@ -293,63 +286,10 @@ def reference_loss(
     return dcl, lam * coral
 
 
-def random_batch(bsz=6, dim=16, num_negatives=2, seed=0, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    cols = 2 + num_negatives
-    embeddings = [torch.randn(bsz, dim, generator=gen, dtype=dtype) for _ in range(cols)]
-    # Positives correlated with their queries, so the problem is not pure noise.
-    embeddings[1] = embeddings[0] + 0.7 * embeddings[1]
-    masks = []
-    for _ in range(cols):
-        m = torch.rand(bsz, 4, generator=gen) < 0.4
-        m[~m.any(1), 0] = True
-        masks.append(m)
-    log_tau = torch.tensor([0.013, 0.02, 0.022, 0.05], dtype=torch.float32).log()
-    return embeddings, masks, log_tau
-
-
-CONFIGS = {
-    "full": {},
-    "full_on_whitened": {"logits_on_whitened": True},
-    "symmetric": {"symmetric": True},
-    "own_scope": {"hard_negative_scope": "own"},
-    "no_temperature": {"use_temperature": False, "temperature": 0.05},
-    "no_curriculum": {"use_curriculum": False},
-    "no_dcl": {"use_dcl": False},
-    "no_whitening": {"use_whitening_coral": False},
-}
-
-
-def module_and_reference_kwargs(overrides):
-    options = {
-        "rho_init": 0.1,
-        "rho_final": 0.5,
-        "curriculum_warmup_steps": 10,
-        "gamma_plus": 0.15,
-        "dcl_eps": 1e-6,
-        "lambda_coral": 0.05,
-        "whitening_eps": 1e-3,
-    } | overrides
-    ref = {
-        "rho": 0.3 if options.get("use_curriculum", True) else 0.0,  # step 15 of 20, warmup 10 -> 0.1 + 0.4 * 0.5
-        "gamma": options["gamma_plus"],
-        "eps": options["dcl_eps"],
-        "lam": options["lambda_coral"],
-        "w_eps": options["whitening_eps"],
-        "fixed_tau": None if options.get("use_temperature", True) else options["temperature"],
-        "on_whitened": options.get("logits_on_whitened", False),
-        "use_dcl": options.get("use_dcl", True),
-        "whitening": options.get("use_whitening_coral", True),
-        "symmetric": options.get("symmetric", False),
-        "scope": options.get("hard_negative_scope", "batch"),
-    }
-    return options, ref
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(LOSS_CONFIGS))
 @pytest.mark.parametrize("dim", [16, 5], ids=["gram_space", "feature_space"])
 def test_loss_and_gradients_match_the_reference(name, dim):
-    options, ref_kwargs = module_and_reference_kwargs(CONFIGS[name])
+    options, ref_kwargs = module_and_reference_kwargs(LOSS_CONFIGS[name])
     embeddings, masks, log_tau = random_batch(dim=dim)
     hashes = [
         torch.tensor([1, 2, 3, 1, 5, 6]),

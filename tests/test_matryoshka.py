@@ -11,8 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from e5omni.train.losses import CachedE5OmniLoss, E5OmniLoss
-from tests.test_losses import CONFIGS, TemperatureHolder, module_and_reference_kwargs, random_batch
-from tests.test_losses_cached import FakeOmniModel, fake_slicer, make_batch
+from tests.helpers import (
+    LOSS_CONFIGS,
+    FakeOmniModel,
+    TemperatureHolder,
+    fake_slicer,
+    make_batch,
+    module_and_reference_kwargs,
+    random_batch,
+)
 
 HASHES = [
     torch.tensor([1, 2, 3, 1, 5, 6]),
@@ -37,11 +44,11 @@ def _run(options, embeddings, masks, log_tau, dtype=torch.float64, step=(15, 20)
 
 
 # ------------------------------------------------------------------------------------------- today's loss kept
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(LOSS_CONFIGS))
 def test_full_dimension_listed_alone_equals_the_loss_without_matryoshka(name):
     """Same seed, fp32: listing only the full dimension (weight 1) is today's loss, values and gradients (<= 1e-6;
     measured: bit-identical)."""
-    options, _ = module_and_reference_kwargs(CONFIGS[name])
+    options, _ = module_and_reference_kwargs(LOSS_CONFIGS[name])
     embeddings, masks, log_tau = random_batch(dim=16, seed=4)
     today = _run(options, embeddings, masks, log_tau, dtype=torch.float32)
     listed = _run(options | {"matryoshka_dims": [16]}, embeddings, masks, log_tau, dtype=torch.float32)
@@ -59,7 +66,7 @@ def test_full_dimension_listed_alone_equals_the_loss_without_matryoshka(name):
 def test_each_dimension_is_the_loss_of_the_truncated_renormalised_vectors(name):
     """dcl = sum_d w_d * dcl(first d components, re-normalised) with the full dimension at weight 1; coral is the
     full-dimension CORAL alone (whitening runs once, at D)."""
-    options, _ = module_and_reference_kwargs(CONFIGS[name])
+    options, _ = module_and_reference_kwargs(LOSS_CONFIGS[name])
     embeddings, masks, log_tau = random_batch(dim=16, seed=1)
     dims, weights = [8, 3], [0.5, 0.25]
     mat = _run(options | {"matryoshka_dims": dims, "matryoshka_weights": weights}, embeddings, masks, log_tau)

@@ -19,7 +19,7 @@ from e5omni.tiny import build_tiny_model
 from e5omni.train.lora import apply_lora, lora_config, lora_targets, save_adapter
 from e5omni.train.trainer import E5OmniTrainer
 from tests.conftest import make_image
-from tests.test_trainer import _args
+from tests.helpers import training_args
 
 REPO = Path(__file__).resolve().parents[1]
 PROBES = ["a red circle on the left", {"image": make_image(7)}, {"text": "beeps", "image": make_image(8)}]
@@ -73,7 +73,7 @@ def run(tmp_path_factory):
     save_hub_folder(model, processor, tmp / "base")
     untrained = _alignment_state(model)
     model = apply_lora(model, lora_config(r=4, alpha=8, dropout=0.0))
-    args = _args(tmp, max_steps=3, learning_rate=5e-3)  # output under tmp / "out", CPU, no saves, no reports
+    args = training_args(tmp, max_steps=3, learning_rate=5e-3)  # output under tmp / "out", CPU, no saves, no reports
     trainer = E5OmniTrainer(model, args, build_synthetic("train", n=32, seed=0))
     trainer.train()
     adapter = save_adapter(trainer.e5omni_model, tmp / "adapter", base_model_name_or_path=tmp / "base")

@@ -11,14 +11,10 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
-import httpx2
 import pytest
 import torch
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-from huggingface_hub.hf_api import CommitInfo, RepoUrl
+from huggingface_hub.errors import HfHubHTTPError
 
 from e5omni.cli.publish import add_push_parser
 from e5omni.publish import (
@@ -38,8 +34,8 @@ from e5omni.publish import (
 )
 from e5omni.release import save_hub_folder
 from e5omni.tiny import build_tiny_model
+from tests.helpers import FAKE_TOKEN, FakeHfApi, http_error
 
-FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 PAPER_TAUS = {"text": 0.0130, "image": 0.0127, "audio": 0.0219, "video": 0.0223}
 EXPECTED_FILES = {
     "1_Pooling/config.json",
@@ -66,169 +62,6 @@ EXPECTED_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
 }
-
-
-# --------------------------------------------------------------------------------------------------- the fake Hub
-def _http_error(cls, status: int, message: str):
-    request = httpx2.Request("POST", "https://huggingface.co/api/models/x")
-    return cls(message, response=httpx2.Response(status, request=request))
-
-
-class FakeHfApi:
-    """Records every call; keeps repos as branches -> commit oids -> {path: bytes}; never touches the network.
-
-    Behaves like the Hub where the push depends on it: a new repo has an initial commit with .gitattributes,
-    `create_commit` is all-or-nothing and refuses a stale `parent_commit` with HTTP 412, `create_pr` commits to
-    refs/pr/N, and `snapshot_download` materialises exactly one commit. `fail_next_commit` makes the next
-    create_commit "upload" half of the files (as preupload_lfs_files would) and then raise.
-    """
-
-    def __init__(self):
-        self.repos: dict[str, dict] = {}
-        self.calls: list[tuple[str, dict]] = []
-        self.tokens: list[str | None] = []
-        self.uploaded_blobs: set[str] = set()
-        self.fail_next_commit = None  # a callable(token) -> exception
-        self.before_commit = None  # a callable(api) run inside create_commit before the parent check
-
-    # helpers
-    def _record(self, name, token, **kwargs):
-        self.calls.append((name, kwargs))
-        self.tokens.append(token)
-
-    def _repo(self, repo_id):
-        if repo_id not in self.repos:
-            raise _http_error(RepositoryNotFoundError, 404, f"404 Repository Not Found: {repo_id}")
-        return self.repos[repo_id]
-
-    def _resolve(self, repo, revision):
-        revision = revision or "main"
-        oid = repo["branches"].get(revision) or (revision if revision in repo["commits"] else None)
-        if oid is None:
-            raise _http_error(RevisionNotFoundError, 404, f"404 Revision Not Found: {revision}")
-        return oid
-
-    def commit_files(self, repo_id, revision="main") -> dict[str, bytes]:
-        repo = self.repos[repo_id]
-        return repo["commits"][self._resolve(repo, revision)]["files"]
-
-    def history(self, repo_id, revision="main") -> list[str]:
-        repo = self.repos[repo_id]
-        oid, out = self._resolve(repo, revision), []
-        while oid:
-            out.append(oid)
-            oid = repo["commits"][oid]["parent"]
-        return out
-
-    def add_commit(self, repo_id, files, parent, message, branch=None):
-        repo = self.repos[repo_id]
-        oid = hashlib.sha1(f"{repo_id}{parent}{message}{len(repo['commits'])}".encode()).hexdigest()
-        repo["commits"][oid] = {"files": files, "parent": parent, "message": message}
-        if branch:
-            repo["branches"][branch] = oid
-        return oid
-
-    # the HfApi surface used by e5omni.publish
-    def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, **kwargs):
-        self._record("create_repo", token, repo_id=repo_id, private=private, exist_ok=exist_ok)
-        if repo_id in self.repos:
-            if not exist_ok:
-                raise _http_error(HfHubHTTPError, 409, "409 Conflict: You already created this model repo")
-        else:
-            self.repos[repo_id] = {"private": bool(private), "branches": {}, "commits": {}, "prs": 0}
-            self.add_commit(repo_id, {".gitattributes": b"*.safetensors filter=lfs\n"}, None, "initial commit", "main")
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def repo_info(self, repo_id, *, revision=None, token=None, **kwargs):
-        self._record("repo_info", token, repo_id=repo_id, revision=revision)
-        repo = self._repo(repo_id)
-        return SimpleNamespace(id=repo_id, sha=self._resolve(repo, revision), private=repo["private"])
-
-    def list_repo_files(self, repo_id, *, revision=None, token=None, **kwargs):
-        self._record("list_repo_files", token, repo_id=repo_id, revision=revision)
-        repo = self._repo(repo_id)
-        return sorted(repo["commits"][self._resolve(repo, revision)]["files"])
-
-    def create_branch(self, repo_id, *, branch, revision=None, token=None, exist_ok=False, **kwargs):
-        self._record("create_branch", token, repo_id=repo_id, branch=branch)
-        repo = self._repo(repo_id)
-        if branch not in repo["branches"]:
-            repo["branches"][branch] = self._resolve(repo, revision)
-
-    def create_commit(
-        self,
-        repo_id,
-        operations,
-        *,
-        commit_message,
-        commit_description=None,
-        token=None,
-        revision=None,
-        create_pr=None,
-        parent_commit=None,
-        **kwargs,
-    ):
-        operations = list(operations)
-        self._record(
-            "create_commit",
-            token,
-            repo_id=repo_id,
-            operations=[(type(op).__name__, op.path_in_repo) for op in operations],
-            commit_message=commit_message,
-            commit_description=commit_description,
-            revision=revision,
-            create_pr=create_pr,
-            parent_commit=parent_commit,
-        )
-        repo = self._repo(repo_id)
-        additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
-        for op in additions:
-            assert not op._is_committed, "huggingface_hub refuses to reuse a committed operation"
-        contents = {}
-        for i, op in enumerate(additions):  # "preupload": blobs reach storage before the commit exists
-            if self.fail_next_commit is not None and i == len(additions) // 2:
-                failure, self.fail_next_commit = self.fail_next_commit, None
-                raise failure(token)
-            with op.as_file() as handle:
-                contents[op.path_in_repo] = handle.read()
-            self.uploaded_blobs.add(hashlib.sha256(contents[op.path_in_repo]).hexdigest())
-        if self.before_commit is not None:
-            hook, self.before_commit = self.before_commit, None
-            hook(self)
-        head = self._resolve(repo, revision)
-        if parent_commit is not None and parent_commit != head:
-            raise _http_error(HfHubHTTPError, 412, "412 Precondition Failed: parent commit is not the head")
-        files = dict(repo["commits"][parent_commit or head]["files"])
-        for op in operations:
-            if isinstance(op, CommitOperationDelete):
-                files.pop(op.path_in_repo)
-        files.update(contents)
-        pr_url = None
-        if create_pr:
-            repo["prs"] += 1
-            branch = f"refs/pr/{repo['prs']}"
-            pr_url = f"https://huggingface.co/{repo_id}/discussions/{repo['prs']}"
-        else:
-            branch = revision or "main"
-        oid = self.add_commit(repo_id, files, parent_commit or head, commit_message, branch)
-        for op in additions:
-            op._is_committed = True
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
-            commit_message=commit_message,
-            commit_description=commit_description or "",
-            oid=oid,
-            pr_url=pr_url,
-        )
-
-    def snapshot_download(self, repo_id, *, revision=None, local_dir=None, token=None, **kwargs):
-        self._record("snapshot_download", token, repo_id=repo_id, revision=revision)
-        local = Path(local_dir)
-        for path, data in self.commit_files(repo_id, revision).items():
-            (local / path).parent.mkdir(parents=True, exist_ok=True)
-            (local / path).write_bytes(data)
-        (local / ".cache" / "huggingface").mkdir(parents=True, exist_ok=True)  # as the real local_dir mode does
-        return str(local)
 
 
 # -------------------------------------------------------------------------------------------------------- fixtures
@@ -407,7 +240,7 @@ def test_token_never_appears_anywhere(trained, tmp_path, monkeypatch, caplog, ca
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     caplog.set_level(logging.DEBUG)
     api = FakeHfApi()
-    api.fail_next_commit = lambda token: _http_error(
+    api.fail_next_commit = lambda token: http_error(
         HfHubHTTPError, 500, f"500 Server Error: upload interrupted (Authorization: Bearer {token}; token={token})"
     )
     with pytest.raises(HubError) as failed:
@@ -452,7 +285,7 @@ def test_a_file_holding_the_token_is_refused(folder):
 def test_failed_push_leaves_no_partial_commit_and_retry_succeeds(trained):
     _, folder = trained
     api = FakeHfApi()
-    api.fail_next_commit = lambda token: _http_error(HfHubHTTPError, 502, "502 Bad Gateway")
+    api.fail_next_commit = lambda token: http_error(HfHubHTTPError, 502, "502 Bad Gateway")
     with pytest.raises(HubError, match="502"):
         push_folder(folder, "me/atomic", api=api, verbose=False)
     assert api.uploaded_blobs  # some files had reached storage ...

@@ -17,7 +17,7 @@ from e5omni.publish import DisallowedFileError
 from e5omni.publish.space import push_space, stage_space, wheel_name
 from e5omni.release import save_hub_folder
 from e5omni.tiny import build_tiny_model
-from tests.test_publish import FAKE_TOKEN, FakeHfApi
+from tests.helpers import FAKE_TOKEN, FakeHfApi
 
 pytest.importorskip("gradio", reason="gradio comes with the [app] extra")
 

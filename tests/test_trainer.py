@@ -21,28 +21,10 @@ from e5omni.train.lora import apply_lora, lora_config, lora_targets
 from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
 from tests.cli_runs import env, logged_losses, train_args
 from tests.conftest import make_image
+from tests.helpers import training_args
 
 REPO = Path(__file__).resolve().parents[1]
 PROBES = ["a red circle on the left", {"image": make_image(7)}, {"text": "beeps", "image": make_image(8)}]
-
-
-def _args(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_train_epochs=1,
-        learning_rate=1e-3,
-        temperature_lr=0.05,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        curriculum_warmup_steps=1,
-        disable_tqdm=True,
-    )
-    defaults.update(overrides)
-    return E5OmniTrainingArguments(**defaults)
 
 
 def _tiny(seed=0):
@@ -64,7 +46,7 @@ def test_examples_without_enough_negatives_are_named(tmp_path):
     examples = build_synthetic("train", n=9, seed=0)
     examples[4] = {k: v for k, v in examples[4].items() if k != "negatives"}
     with pytest.raises(ValueError, match="example 4 has 0 hard negatives, but num_negatives=2"):
-        E5OmniTrainer(_tiny(), _args(tmp_path, num_negatives=2), examples)
+        E5OmniTrainer(_tiny(), training_args(tmp_path, num_negatives=2), examples)
 
 
 def test_cli_smoke_state_changes_and_survives_release(tmp_path):
@@ -111,7 +93,7 @@ def test_cli_smoke_state_changes_and_survives_release(tmp_path):
 def test_temperatures_clamped_and_not_decayed(tmp_path):
     model = _tiny()
     examples = build_synthetic("train", n=16, seed=0)
-    args = _args(tmp_path, temperature_lr=50.0, weight_decay=0.5, temperature_max=0.05, temperature_min=0.01)
+    args = training_args(tmp_path, temperature_lr=50.0, weight_decay=0.5, temperature_max=0.05, temperature_min=0.01)
     trainer = E5OmniTrainer(model, args, examples)
     trainer.train()
     tau = model.log_temperature.detach().exp()
@@ -122,7 +104,7 @@ def test_temperatures_clamped_and_not_decayed(tmp_path):
 
 def test_group_by_pair_batches_are_homogeneous(tmp_path):
     examples = build_synthetic("train", n=72, seed=0)
-    trainer = E5OmniTrainer(_tiny(), _args(tmp_path, group_by_pair=True), examples)
+    trainer = E5OmniTrainer(_tiny(), training_args(tmp_path, group_by_pair=True), examples)
     loader = trainer.get_train_dataloader()
     seen = 0
     for batch in loader:
@@ -139,7 +121,7 @@ def test_lora_only_on_language_model_and_merged_release_reloads(tmp_path):
     assert not [t for t in targets if "visual" in t or "audio_tower" in t]
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all("lora_" in n or n.endswith("log_temperature") for n in trainable)
-    trainer = E5OmniTrainer(model, _args(tmp_path, learning_rate=5e-3), build_synthetic("train", n=24, seed=0))
+    trainer = E5OmniTrainer(model, training_args(tmp_path, learning_rate=5e-3), build_synthetic("train", n=24, seed=0))
     trainer.train()
     before = trainer.e5omni_model.encode_document(PROBES)
     release = trainer.save_release(tmp_path / "release")
@@ -153,7 +135,7 @@ def test_gradcache_first_step_equals_plain(tmp_path):
     examples = build_synthetic("train", n=8, seed=0)
     losses = []
     for mini in (None, 3):
-        trainer = E5OmniTrainer(_tiny(), _args(tmp_path, max_steps=1, gradcache_mini_batch_size=mini), examples)
+        trainer = E5OmniTrainer(_tiny(), training_args(tmp_path, max_steps=1, gradcache_mini_batch_size=mini), examples)
         trainer.train()
         losses.append(next(h["loss"] for h in trainer.state.log_history if "loss" in h))
     assert abs(losses[0] - losses[1]) < 1e-5, losses
@@ -201,11 +183,11 @@ def test_resume_after_kill_reproduces_the_loss_curve(tmp_path):
 
 
 def test_push_to_hub_goes_through_the_atomic_push(tmp_path):
-    from tests.test_publish import FakeHfApi
+    from tests.helpers import FakeHfApi
 
     api = FakeHfApi()
     model = apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0))
-    args = _args(tmp_path, hub_model_id="me/e5-omni-tiny", hub_token="hf_FAKEtoken1234567890abcd", max_steps=2)
+    args = training_args(tmp_path, hub_model_id="me/e5-omni-tiny", hub_token="hf_FAKEtoken1234567890abcd", max_steps=2)
     trainer = E5OmniTrainer(model, args, build_synthetic("train", n=16, seed=0), hub_api=api)
     trainer.train()
     expected = trainer.e5omni_model.encode_document(PROBES)
@@ -235,7 +217,9 @@ def test_gradient_checkpointing_reaches_the_backbone_and_keeps_the_loss(tmp_path
     losses = []
     for checkpointing in (False, True):
         model = _tiny()
-        trainer = E5OmniTrainer(model, _args(tmp_path, max_steps=2, activation_checkpointing=checkpointing), examples)
+        trainer = E5OmniTrainer(
+            model, training_args(tmp_path, max_steps=2, activation_checkpointing=checkpointing), examples
+        )
         trainer.train()
         losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
         layers = [m for m in model.modules() if type(m).__name__ == "Qwen2_5OmniDecoderLayer"]
@@ -249,7 +233,7 @@ def test_lora_checkpoint_resumes_in_process(tmp_path):
 
     def run(resume=None):
         model = apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0))
-        trainer = E5OmniTrainer(model, _args(tmp_path, **overrides), examples)
+        trainer = E5OmniTrainer(model, training_args(tmp_path, **overrides), examples)
         trainer.train(resume_from_checkpoint=resume)
         return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, trainer
 
@@ -280,7 +264,7 @@ def test_sharded_checkpoint_resumes_to_the_uninterrupted_loss_curve(tmp_path):
 
     def run(resume=None):
         model = _tiny()
-        trainer = E5OmniTrainer(model, _args(tmp_path, **overrides), examples)
+        trainer = E5OmniTrainer(model, training_args(tmp_path, **overrides), examples)
         trainer.train(resume_from_checkpoint=resume)
         return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, model
 
@@ -302,7 +286,9 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     folder = tmp_path / "checkpoint-7"
     _tiny().save_pretrained(folder)  # no LoRA layers
     trainer = E5OmniTrainer(
-        apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0)), _args(tmp_path), build_synthetic("train", n=8)
+        apply_lora(_tiny(), lora_config(r=4, alpha=8, dropout=0.0)),
+        training_args(tmp_path),
+        build_synthetic("train", n=8),
     )
     with pytest.raises(CheckpointMismatchError, match=r"checkpoint-7 does not fit the model \(it was saved with other"):
         trainer._load_from_checkpoint(str(folder))

@@ -17,7 +17,6 @@ import importlib.util
 import os
 import shutil
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -25,6 +24,7 @@ import torch
 from modeling_e5omni import E5OmniConfig
 from modeling_e5omni.media_e5omni import load_video_audio
 from tests.conftest import make_audio, make_image, tiny
+from tests.helpers import write_clip
 from tests.reference import reference_embed
 
 os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
@@ -35,58 +35,6 @@ HAS_FFMPEG = shutil.which("ffmpeg") is not None
 def _skip(reason: str):
     print(f"SKIPPED: {reason}")
     pytest.skip(reason)
-
-
-def write_clip(
-    path,
-    seconds: float = 1.8,
-    fps: int = 10,
-    size: int = 56,
-    audio: str | None = "pcm_s16le",
-    rate: int = 16000,
-    channels: int = 1,
-    video: bool = True,
-) -> None:
-    """A clip whose picture changes every frame and whose sound is a tone that changes pitch every half second."""
-    n = int(seconds * fps)
-    with av.open(str(path), "w") as container:
-        vstream = container.add_stream("mpeg4", rate=fps) if video else None
-        if vstream is not None:
-            vstream.width = vstream.height = size
-            vstream.pix_fmt = "yuv420p"
-        astream = None
-        if audio is not None:
-            astream = container.add_stream(audio, rate=rate, layout="mono" if channels == 1 else "stereo")
-        if vstream is not None:
-            for i in range(n):
-                frame = np.zeros((size, size, 3), np.uint8)
-                frame[:] = (i * 9 % 256, 255 - i * 9 % 256, i * 41 % 256)
-                frame[(i % 7) * 8 : (i % 7) * 8 + 8] = 255
-                for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in vstream.encode():
-                container.mux(packet)
-        if astream is not None:
-            t = np.arange(int(seconds * rate)) / rate
-            pitch = 220 * (1 + np.floor(t * 2))
-            tone = 0.4 * np.sin(2 * np.pi * pitch * t)
-            samples = np.stack([tone, -0.5 * tone]) if channels == 2 else tone[None]
-            pcm = (samples * 32767).astype(np.int16)
-            fmt = "s16" if audio.startswith("pcm") else "fltp"
-            step = 1024
-            for start in range(0, pcm.shape[1], step):
-                chunk = pcm[:, start : start + step]
-                if fmt == "s16":
-                    data = np.ascontiguousarray(chunk.T.reshape(1, -1))
-                else:
-                    data = np.ascontiguousarray(chunk.astype(np.float32) / 32768)
-                frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono" if channels == 1 else "stereo")
-                frame.sample_rate = rate
-                frame.pts = start
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
 
 
 @pytest.fixture(scope="module")

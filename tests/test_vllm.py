@@ -259,7 +259,7 @@ def test_stage_vllm_export_refuses_pickles_code_and_other_folders(tmp_path):
 
 def test_push_vllm_export_is_one_commit_pointing_at_the_model_commit(tmp_path):
     from e5omni.publish.push import push_vllm_export
-    from tests.test_publish import FakeHfApi
+    from tests.helpers import FakeHfApi
 
     model, processor = _tiny("qwen2-vl")
     out = export_vllm(model, processor, tmp_path / "export")
