@@ -138,7 +138,10 @@ def native_module_config(model) -> dict[str, Any]:
         # One rendered item = template + text; the text budget is not a sequence budget (media tokens count there),
         # so the stock module must not truncate the sequence (E5OmniProcessor truncates the text alone).
         "text": {"truncation": False},
-        "chat_template": {"add_generation_prompt": True},
+        # sanitize_control_tokens: special-token strings in the caller's text stay text (transformers 5.25), as our
+        # processor's literal ids; a media placeholder string in text still makes the processor count a medium
+        # that is not there (an error, never a silent vector).
+        "chat_template": {"add_generation_prompt": True, "sanitize_control_tokens": True},
         "image": {"size": {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels}},
         "video": {
             "size": {"shortest_edge": config.video_min_pixels, "longest_edge": config.video_max_pixels},
