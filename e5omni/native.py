@@ -182,6 +182,15 @@ def _root_weight_files(folder: Path) -> list[str]:
     )
 
 
+def _points_into(folder: Path, subfolder: str) -> bool:
+    index = folder / WEIGHTS_INDEX_NAME
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+    except (OSError, ValueError):
+        return False
+    return any(str(name).startswith(subfolder + "/") for name in weight_map.values())
+
+
 def _move_weights(folder: Path, subfolder: str) -> dict[str, Any]:
     """Rewrite the root weights: backbone tensors (prefix stripped) into `subfolder`, keeping the shard names, our
     own tensors into `ALIGNMENT_WEIGHTS`; then the root index pointing at both. Returns the root index."""
@@ -215,16 +224,18 @@ def _move_weights(folder: Path, subfolder: str) -> dict[str, Any]:
             f"no tensor in {files} starts with {BACKBONE_PREFIX!r}: not an e5-omni folder", files[0]
         )
     save_file(ours, str(folder / ALIGNMENT_WEIGHTS), metadata={"format": "pt"})
-    for name in files:
-        (folder / name).unlink()
-    if (folder / WEIGHTS_INDEX_NAME).exists():
-        (folder / WEIGHTS_INDEX_NAME).unlink()
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(root_map.items()))}
-    (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     if len(set(sub_map.values())) > 1:  # a sharded checkpoint stays sharded in the subfolder, with its own index
         sub_total = total - sum(t.numel() * t.element_size() for t in ours.values())
         sub_index = {"metadata": {"total_size": sub_total}, "weight_map": dict(sorted(sub_map.items()))}
         (sub / WEIGHTS_INDEX_NAME).write_text(json.dumps(sub_index, indent=2) + "\n", encoding="utf-8")
+    # The new root index replaces the old one in one rename, and only then are the old files removed: an
+    # interruption leaves a folder that loads (old files are complete until the index stops naming them).
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(root_map.items()))}
+    staged = folder / (WEIGHTS_INDEX_NAME + ".tmp")
+    staged.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    os.replace(staged, folder / WEIGHTS_INDEX_NAME)
+    for name in files:
+        (folder / name).unlink()
     return index
 
 
@@ -313,7 +324,10 @@ def write_native_st_files(model, processor, folder: str | os.PathLike, *, subfol
         )
         _move_weights(folder, subfolder)
     except BaseException:
-        shutil.rmtree(sub, ignore_errors=True)
+        if not _points_into(folder, subfolder):  # the root index still names the old files: undo the rest
+            shutil.rmtree(sub, ignore_errors=True)
+            (folder / ALIGNMENT_WEIGHTS).unlink(missing_ok=True)
+            (folder / (WEIGHTS_INDEX_NAME + ".tmp")).unlink(missing_ok=True)
         raise
     _write_modules(folder, model, subfolder)
     return folder

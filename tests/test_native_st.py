@@ -453,3 +453,39 @@ def test_stock_vl_equal_automodel(tmp_path_factory, backbone):
     ref = reference(folder)
     assert np.abs(got["docs"] - ref.encode_document(docs).numpy()).max() < ATOL
     assert np.abs(got["queries"] - ref.encode_query(docs).numpy()).max() < ATOL
+
+
+@pytest.mark.parametrize("where", ["shard", "index"])
+def test_failure_while_moving_leaves_the_folder_as_it_was(tmp_path, monkeypatch, where):
+    """A write that fails half way (disk full while writing the alignment file, or the index rename) removes what
+    was written; the root weights were never touched and still load."""
+    import safetensors.torch
+
+    model = tiny("qwen2-vl")
+    folder = tmp_path / "repo"
+    save_hub_folder(model, model.processor, folder)
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    disk_full = OSError(28, "No space left on device")
+    if where == "shard":  # the second file written: alignment.safetensors (one backbone shard before it)
+        real, calls = safetensors.torch.save_file, []
+
+        def save_file(tensors, path, metadata=None):
+            calls.append(path)
+            if len(calls) == 2:
+                raise disk_full
+            return real(tensors, path, metadata=metadata)
+
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    else:
+
+        def replace(src, dst):
+            raise disk_full
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        write_native_st_files(model, model.processor, folder)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before
+    ref = reference(folder)
+    for key, value in model.state_dict().items():
+        assert torch.equal(ref.state_dict()[key], value), key
