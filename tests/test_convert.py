@@ -136,7 +136,7 @@ def test_qwen3_checkpoints_load_as_bare_backbones(tmp_path, kind, layout):
 
     from e5omni.convert import load_backbone
     from e5omni.tiny import build_tiny_backbone
-    from tests.test_tiny_qwen3 import qwen3_reference_embed
+    from tests.reference import qwen3_reference_embed
 
     backbone, processor = build_tiny_backbone(kind, seed=5)
     cls = {

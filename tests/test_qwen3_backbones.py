@@ -17,7 +17,7 @@ import tests.test_text_security as text_security
 from e5omni.release import save_hub_folder
 from e5omni.tiny import ALL_BACKBONES, BACKBONE_MODEL_TYPES, QWEN3_BACKBONES, build_tiny_backbone
 from tests.conftest import make_audio, tiny
-from tests.test_tiny_qwen3 import probe_items, qwen3_reference_embed
+from tests.reference import probe_items, qwen3_reference_embed
 
 
 def _reference_backbone(model, kind: str):
