@@ -489,3 +489,19 @@ def test_failure_while_moving_leaves_the_folder_as_it_was(tmp_path, monkeypatch,
     ref = reference(folder)
     for key, value in model.state_dict().items():
         assert torch.equal(ref.state_dict()[key], value), key
+
+
+def test_instruction_goes_into_the_prompt(omni_run):
+    """Our items' `instruction` is rendered after the query prompt, followed by a newline when the item has text:
+    the same text as a sentence-transformers prompt `f"{query_prompt}{instruction}\\n"` (`f"{query_prompt}{instruction}"`
+    for an item without text)."""
+    from sentence_transformers import SentenceTransformer
+
+    ref = omni_run["ref"]
+    st = SentenceTransformer(str(omni_run["folder"]), device="cpu")
+    instruction = "Find the picture this sentence describes."
+    with_text, without_text = {"text": "a red circle"}, {"image": make_image(3)}
+    for item, prompt in ((with_text, f"{ref.config.query_prompt}{instruction}\n"), (without_text, None)):
+        prompt = prompt or f"{ref.config.query_prompt}{instruction}"
+        expected = ref.encode_query([{**item, "instruction": instruction}]).numpy()
+        assert np.abs(st.encode([item], prompt=prompt) - expected).max() < ATOL, item
