@@ -12,6 +12,7 @@ the e5-omni recipe so that `save_pretrained` ships it inside the safetensors wei
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -443,6 +444,10 @@ class E5OmniModel(E5OmniPreTrainedModel):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if truncate_dim is not None:  # a Matryoshka-trained model records its dims: warn on an untrained one
+            untrained = self.config.untrained_truncation(truncate_dim)
+            if untrained:
+                warnings.warn(untrained, UserWarning, stacklevel=3)
         items = check_items(items, self.config.modalities)
         processor = self.processor
         order = sorted(range(len(items)), key=lambda i: -_estimated_length(items[i]))

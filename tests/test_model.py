@@ -197,3 +197,24 @@ def test_base_model_prefix_names_the_backbone(omni_model, tmp_path):
     mine = omni_model.backbone.state_dict()
     theirs = loaded.backbone.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_encode_warns_on_a_truncation_the_model_was_not_trained_for(omni_model):
+    """A Matryoshka-trained model records its dims; `encode(truncate_dim=)` outside them warns (never refuses) and
+    still returns the truncated, re-normalised vectors; a trained dimension or an untrained model does not warn."""
+    import warnings
+
+    saved = omni_model.config.matryoshka_dimensions
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            omni_model.encode_document(["a red circle"], truncate_dim=16)  # no dims recorded: nothing to say
+        omni_model.config.matryoshka_dimensions = [omni_model.config.hidden_size, 32]
+        with pytest.warns(UserWarning, match="truncate_dim=16: this model was trained"):
+            vectors = omni_model.encode_document(["a red circle"], truncate_dim=16)
+        assert vectors.shape == (1, 16) and abs(float(vectors.norm()) - 1) < 1e-5
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            omni_model.encode_document(["a red circle"], truncate_dim=32)
+    finally:
+        omni_model.config.matryoshka_dimensions = saved
