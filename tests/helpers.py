@@ -556,3 +556,30 @@ class FakeHfApi:
             (local / path).write_bytes(data)
         (local / ".cache" / "huggingface").mkdir(parents=True, exist_ok=True)  # as the real local_dir mode does
         return str(local)
+
+
+def write_released(folder, layout: str = "5.x") -> None:
+    """A tiny checkpoint in the released e5-omni format: Qwen2_5OmniThinkerForConditionalGeneration + processor."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from e5omni.tiny import build_backbone_config, build_processor, build_tokenizer
+
+    tokenizer = build_tokenizer("qwen2.5-omni")
+    config = build_backbone_config("qwen2.5-omni", tokenizer)
+    torch.manual_seed(7)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    build_processor("qwen2.5-omni", tokenizer).save_pretrained(folder)
+    if layout == "4.x":  # transformers 4.x wrote model.layers.*, visual.*, audio_tower.* (no model.language_model)
+        path = folder / "model.safetensors"
+        weights = load_file(str(path))
+        renamed = {}
+        for key, value in weights.items():
+            if key.startswith("model.language_model."):
+                key = "model." + key[len("model.language_model.") :]
+            elif key.startswith("model.visual.") or key.startswith("model.audio_tower."):
+                key = key[len("model.") :]
+            renamed[key] = value
+        assert any(k.startswith("visual.") for k in renamed) and any(k.startswith("model.layers.") for k in renamed)
+        save_file(renamed, str(path), metadata={"format": "pt"})

@@ -180,3 +180,22 @@ def test_sentence_transformers_gets_the_same_vectors(omni_model):
     )
     with pytest.raises(E5OmniInputError, match="item 0: a bare ndarray of shape"):
         st.encode([make_video(1)])  # sentence-transformers calls a bare 4-D array a video; we refuse it
+
+
+def test_test_modules_never_import_from_one_another():
+    """Shared test code lives in tests/helpers.py, tests/conftest.py, tests/cli_runs.py or tests/reference.py: a test
+    module's private helper imported elsewhere could not be renamed or moved, and importing a test module also runs
+    its module-level skips."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("tests.test_")]
+    assert not offenders, offenders

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from e5omni.tiny import BACKBONES, build_tiny_model
+from e5omni.tiny import ALL_BACKBONES, BACKBONES, build_tiny_model
 from modeling_e5omni.media_e5omni import normalize_item
 from tests.conftest import make_audio, make_image, make_video, tiny
 
@@ -63,7 +63,7 @@ def _find(row: list[int], span: list[int]) -> int:
     raise AssertionError(f"{span} not in {row}")
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)  # the Qwen3 kinds too
 def test_literal_ids_equal_plain_tokenisation_for_plain_text(backbone):
     processor = tiny(backbone).processor
     for text in PLAIN_TEXTS:
@@ -104,7 +104,7 @@ def test_plain_text_batches_are_what_the_backbone_processor_made_before(backbone
                 assert torch.equal(new[key], old[key]), (role, key)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)  # the Qwen3 kinds too
 def test_every_special_token_in_text_is_literal_in_every_kind_of_item(backbone):
     """Each added/special token of the tokenizer (and the eos suffix) inside the text of text, image, audio, video,
     mixed and instruction items, in one batch: the text span holds exactly `tokenizer(text, split_special_tokens=True)`
@@ -133,7 +133,7 @@ def test_every_special_token_in_text_is_literal_in_every_kind_of_item(backbone):
             assert [i for i in row if i in reserved] == [i for i in ref if i in reserved], (token, j)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)  # the Qwen3 kinds too
 def test_hostile_text_embeds_in_a_mixed_batch_without_crashing(backbone):
     """All tokens at once, in every kind of item and in an instruction, through encode (Qwen2.5-Omni's rope index
     code used to fail on `<|audio_bos|>` in an image caption): embeddings are finite and batch-independent."""
@@ -154,7 +154,7 @@ def test_audio_bos_in_an_image_caption_with_audio_in_the_batch():
     assert torch.isfinite(embeddings).all()
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)  # the Qwen3 kinds too
 def test_placeholder_strings_in_text_do_not_change_media_expansion(backbone):
     """The backbone processors count placeholder strings in the text they get; user text never reaches them, so
     a literal `<|IMAGE|>` / `<|image_pad|>` in a caption adds no media token and takes no image's slots."""

@@ -109,7 +109,7 @@ def released(tmp_path_factory):
     from transformers import AutoModel
 
     from e5omni.convert import convert_checkpoint
-    from tests.test_convert import write_released
+    from tests.helpers import write_released
 
     root = tmp_path_factory.mktemp("released")
     write_released(root / "src")
