@@ -505,3 +505,32 @@ def test_instruction_goes_into_the_prompt(omni_run):
         prompt = prompt or f"{ref.config.query_prompt}{instruction}"
         expected = ref.encode_query([{**item, "instruction": instruction}]).numpy()
         assert np.abs(st.encode([item], prompt=prompt) - expected).max() < ATOL, item
+
+
+def test_cli_export_sentence_transformers_loads_without_remote_code(tmp_path, capsys):
+    """`e5omni export MODEL OUT --format sentence-transformers`: OUT loads with stock SentenceTransformer(OUT) (no
+    trust_remote_code) to the AutoModel vectors; OUT must be empty; --dtype is refused for this format."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from e5omni.cli import main as cli_main
+    from e5omni.tiny import build_tiny
+
+    folder = build_tiny(tmp_path / "model", seed=0)
+    out = tmp_path / "st"
+    assert cli_main(["export", str(folder), str(out), "--format", "sentence-transformers"]) == 0
+    assert "without trust_remote_code" in capsys.readouterr().out
+    st = SentenceTransformer(str(out), device="cpu")
+    assert all(type(m).__module__.startswith("sentence_transformers.") for m in st)
+    ref = AutoModel.from_pretrained(str(out), trust_remote_code=True).eval()
+    items = ["a red circle", {"image": make_image(3)}, {"text": "a caption", "image": make_image(4)}]
+    diff = np.abs(st.encode_document(items) - ref.encode_document(items).numpy()).max()
+    assert diff < ATOL, diff
+    assert cli_main(["export", str(folder), str(out), "--format", "sentence-transformers"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (
+        cli_main(
+            ["export", str(folder), str(tmp_path / "x"), "--format", "sentence-transformers", "--dtype", "float16"]
+        )
+        == 2
+    )
