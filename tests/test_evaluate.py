@@ -462,3 +462,34 @@ def test_eval_plots_find_the_training_log_in_the_runs_output_dir(tmp_path, capsy
     args = _eval_parser().parse_args(common)
     assert args.func(args) == 0
     assert "not into --release_dir; pass --trainer-state" in capsys.readouterr().err
+
+
+def test_eval_cli_truncate_dim_scores_the_truncated_vectors(tmp_path, capsys):
+    """`e5omni eval --truncate-dim D`: the metrics are those of encode(truncate_dim=D)'s vectors (one encoding pass,
+    then cut and re-normalised); a dimension over the model's is exit 2; an untrained one (the model records
+    Matryoshka dims) warns."""
+    from transformers import AutoModel
+
+    from e5omni.data.specs import load_data_spec as load_spec
+
+    model_dir = build_tiny(tmp_path / "model", seed=0)
+    base = ["eval", str(model_dir), "--data", "synthetic:test", "--limit", "18", "--batch-size", "8"]
+    args = _eval_parser().parse_args(base + ["--truncate-dim", "8", "--output", str(tmp_path / "r8.json")])
+    assert args.func(args) == 0
+    got = json.loads((tmp_path / "r8.json").read_text())["metrics"]
+    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True).eval()
+    corpus = to_corpus(load_spec("synthetic:test", split="test", limit=18))
+    full = encode_corpus(model, corpus, batch_size=8)
+    want = evaluate_retrieval(model, corpus, embeddings=full.truncated(8))
+    assert got["overall"]["mrr"] == pytest.approx(want["overall"]["mrr"], abs=1e-6)
+    qids = full.query_ids[:3]
+    queries = model.encode_query([corpus.queries[q] for q in qids], truncate_dim=8).numpy()
+    assert np.abs(full.truncated(8).queries(qids) - queries).max() < 1e-5
+    args = _eval_parser().parse_args(base + ["--truncate-dim", "4096"])
+    assert args.func(args) == 2 and "over the model's" in capsys.readouterr().err
+    config = json.loads((model_dir / "config.json").read_text())
+    config["matryoshka_dimensions"] = [model.config.hidden_size, 32]  # as a Matryoshka run records them
+    (model_dir / "config.json").write_text(json.dumps(config))
+    args = _eval_parser().parse_args(base + ["--truncate-dim", "8"])
+    with pytest.warns(UserWarning, match="truncate_dim=8: this model was trained"):
+        assert args.func(args) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,18 @@ def _run_eval(args: argparse.Namespace) -> int:
     corpus = to_corpus(examples)
     model = load_inference_model(args.model)
     embeddings = encode_corpus(model, corpus, batch_size=args.batch_size, cache_path=args.cache)
+    if args.truncate_dim is not None:
+        if args.truncate_dim > embeddings.query_embeddings.shape[1]:
+            print(
+                f"e5omni eval: --truncate-dim {args.truncate_dim} is over the model's {embeddings.query_embeddings.shape[1]} "
+                "dimensions",
+                file=sys.stderr,
+            )
+            return 2
+        untrained = getattr(model.config, "untrained_truncation", lambda dim: None)(args.truncate_dim)
+        if untrained:
+            warnings.warn(f"e5omni eval: {untrained}", UserWarning, stacklevel=1)
+        embeddings = embeddings.truncated(args.truncate_dim)
     metrics = evaluate_retrieval(model, corpus, ks=args.ks, embeddings=embeddings, calibrated=args.calibrated)
     diagnostics = alignment_diagnostics(model, corpus, embeddings)
     visdoc = [p for p in (args.visual_document_pairs or "").split(",") if p]
@@ -240,6 +253,13 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ks", type=_ks, default=(1, 5, 10), help="cut-offs, comma-separated (default 1,5,10)")
     p.add_argument("--cache", default=None, help="an .npz embedding cache (reused and extended; one per model)")
     p.add_argument("--calibrated", action="store_true", help="rank by cos / tau(q, p) instead of cosine")
+    p.add_argument(
+        "--truncate-dim",
+        type=positive_int,
+        default=None,
+        help="evaluate the first D components, re-normalised (Matryoshka; warns for a dimension the model records no "
+        "training for)",
+    )
     p.add_argument("--visual-document-pairs", default=None, help="comma-separated pairs scored by NDCG@5 (MMEB visdoc)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N examples")
     p.add_argument(

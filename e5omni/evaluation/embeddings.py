@@ -53,6 +53,18 @@ class CorpusEmbeddings:
                 f"{self.doc_embeddings.shape[1]}"
             )
 
+    def truncated(self, dim: int) -> CorpusEmbeddings:
+        """Matryoshka-style: the first `dim` components of every row, re-normalised (what `encode(truncate_dim=)`
+        returns), so one encoding pass (and its cache) serves every dimension."""
+        from modeling_e5omni.modeling_e5omni import truncate_embeddings
+
+        def cut(array: np.ndarray) -> np.ndarray:
+            return truncate_embeddings(torch.from_numpy(np.ascontiguousarray(array)), dim).numpy()
+
+        return CorpusEmbeddings(
+            list(self.query_ids), cut(self.query_embeddings), list(self.doc_ids), cut(self.doc_embeddings)
+        )
+
     def queries(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of the given query ids. (len(ids), D)"""
         return self.query_embeddings[self._rows(self._query_row, ids, "query")]
