@@ -12,7 +12,8 @@ import torch
 from e5omni.data.synthetic import build_synthetic
 from e5omni.tiny import QWEN3_BACKBONES, build_tiny_model
 from e5omni.train.lora import apply_lora, lora_config, lora_targets
-from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+from e5omni.train.trainer import E5OmniTrainer
+from tests.helpers import training_args
 
 #: The synthetic pairs each kind can take (Qwen3-VL has no audio).
 PAIRS = {
@@ -45,20 +46,7 @@ def test_one_training_step_on_each_qwen3_kind(kind, tmp_path):
     model = apply_lora(_tiny(kind), lora_config(r=4, alpha=8, dropout=0.0))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    args = E5OmniTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=len(PAIRS[kind]) * 2,
-        max_steps=1,
-        learning_rate=1e-2,
-        temperature_lr=0.05,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        curriculum_warmup_steps=1,
-        disable_tqdm=True,
-    )
+    args = training_args(tmp_path, per_device_train_batch_size=len(PAIRS[kind]) * 2, max_steps=1, learning_rate=1e-2)
     examples = build_synthetic("train", n=len(PAIRS[kind]) * 2, seed=0, pairs=PAIRS[kind])
     trainer = E5OmniTrainer(model, args, examples)
     trainer.train()

@@ -19,27 +19,18 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from e5omni.data import BadRowError, stream_hf_dataset
 from e5omni.tiny import build_tiny_model
 from e5omni.train.collator import E5OmniDataCollator
-from e5omni.train.trainer import E5OmniTrainer, E5OmniTrainingArguments
+from e5omni.train.trainer import E5OmniTrainer
 from tests.conftest import make_audio, make_image
+from tests.helpers import training_args
 
 WORDS = ["red", "green", "blue", "small", "large", "circle", "square", "left", "right", "beep"]
 
 
 def _args(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        curriculum_warmup_steps=1,
-        disable_tqdm=True,
-    )
-    defaults.update(overrides)
-    return E5OmniTrainingArguments(**defaults)
+    """The shared trainer-test arguments with this module's batch size and the library's defaults for epochs and
+    the temperature's learning rate."""
+    defaults = dict(per_device_train_batch_size=4, num_train_epochs=3, temperature_lr=None)
+    return training_args(tmp_path, **{**defaults, **overrides})
 
 
 def _tiny():

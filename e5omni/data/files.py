@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from e5omni.data.columns import _schema_from_columns
 from e5omni.data.errors import BadRowError, DataError
 from e5omni.data.items import EXAMPLE_KEYS, ITEM_KEYS, MODALITIES, PASSTHROUGH_KEYS
 from e5omni.data.paths import resolve_media_path
-from e5omni.data.tables import decoded_lines
+from e5omni.data.tables import decoded_lines, json_records
 
 
 def _parse_file_item(
@@ -95,15 +94,7 @@ def load_jsonl(
     source = str(path)
     examples: list[dict[str, Any]] = []
     rows: list[int] = []
-    for line_no, line in decoded_lines(path, source):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadRowError(f"not valid JSON ({err.msg} at column {err.colno})", source=source, row=line_no) from None
-        if not isinstance(record, dict):
-            raise BadRowError(f"expected a JSON object, got {type(record).__name__}", source=source, row=line_no)
+    for line_no, record in json_records(path, source):
         examples.append(_parse_record(record, root=root, source=source, row=line_no, must_exist=check_files))
         rows.append(line_no)
     _check_negative_count(examples, rows, num_negatives, source)

@@ -84,10 +84,9 @@ class _TypeCheck:
                 self.check(sub, line, f"{field}[]")
 
 
-def jsonl_row_lines(path: Path, source: str) -> np.ndarray:
-    """Line numbers of the records of a JSON-lines file (blank lines skipped, as `datasets` skips them)."""
-    rows: list[int] = []
-    types = _TypeCheck(source)
+def json_records(path: Path, source: str) -> Iterator[tuple[int, dict]]:
+    """(1-based line, object) of each record of a JSON-lines file (blank lines skipped, as `datasets` skips them);
+    a line that is not a JSON object is a BadRowError naming the file and line."""
     for number, text in decoded_lines(path, source):
         if not text.strip():
             continue
@@ -97,6 +96,14 @@ def jsonl_row_lines(path: Path, source: str) -> np.ndarray:
             raise BadRowError(f"not valid JSON ({err.msg} at column {err.colno})", source=source, row=number) from None
         if not isinstance(record, dict):
             raise BadRowError(f"expected a JSON object, got {type(record).__name__}", source=source, row=number)
+        yield number, record
+
+
+def jsonl_row_lines(path: Path, source: str) -> np.ndarray:
+    """Line numbers of the records of a JSON-lines file (blank lines skipped, as `datasets` skips them)."""
+    rows: list[int] = []
+    types = _TypeCheck(source)
+    for number, record in json_records(path, source):
         types.check(record, number)
         rows.append(number)
     return np.asarray(rows, dtype=np.int64)
