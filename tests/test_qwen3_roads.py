@@ -370,3 +370,27 @@ def test_qwen3_golden_tolerance_catches_a_small_real_change(kind):
     moved = {k: (v - expected[k]).abs().max().item() for k, v in compute(kind, model).items()}
     print(kind, moved)
     assert min(moved.values()) > 20 * GOLDEN_QWEN3_ATOL, moved
+
+
+# ------------------------------------------------------------------------ 6. sentence-transformers error indices
+@pytest.mark.parametrize("kind", QWEN3_BACKBONES)
+def test_sentence_transformers_errors_name_the_callers_index_on_qwen3(kind, tmp_path):
+    """tests/test_error_indices.py's check on the Qwen3 kinds: sentence-transformers sorts by length before the module
+    sees the batch; errors still name the position in the caller's list (and, for Qwen3-VL, an audio item is refused
+    by name)."""
+    from modeling_e5omni.inputs_e5omni import E5OmniInputError, MediaDecodeError, UnsupportedModalityError
+    from tests.conftest import make_audio
+
+    st, _ = _st(kind)
+    st.eval()
+    items = ["a long text item, longer than the others", "x", {"text": "a", "image": str(tmp_path / "none.png")}]
+    with pytest.raises(MediaDecodeError, match=r"^item 2: image file not found") as err:
+        st.encode(items, batch_size=8)
+    assert err.value.index == 2 and "sentence-transformers batch" not in str(err.value)
+    with pytest.raises(E5OmniInputError, match=r"^item 1: unknown keys") as err:
+        st.encode_query(["y", {"text": "a long text with an unknown key", "pictures": 1}, "z"], batch_size=1)
+    assert err.value.index == 1
+    if kind == "qwen3-vl":
+        with pytest.raises(UnsupportedModalityError, match=r"^item 1: .*\[.audio.\]") as err:
+            st.encode_document(["a much longer text than the audio item", {"audio": make_audio(1)}])
+        assert err.value.index == 1
