@@ -9,6 +9,13 @@ checkpoint does not change a single embedding.
 
 Qwen3-VL and Qwen3-Omni thinker checkpoints convert the same way, and so does Qwen3-VL-Embedding's head-less layout
 (`model.*` keys only). `load_backbone(src)` reads any of them as the bare backbone + its processor.
+
+`conventions` picks the embedding contract written into the converted config: `"e5-omni"` (ours: "Query: " prompt,
+instruction in the user turn, media image/audio/video, `<|endoftext|>` suffix) or `"qwen3-vl-embedding"`
+(`QWEN3_VL_EMBEDDING_CONVENTIONS`: the instruction as a system message, "Represent the user's input." by default,
+video before image, no suffix, the generation prompt's last token pooled). `None` (the default) detects a
+Qwen3-VL-Embedding checkpoint by the `Qwen3VLForEmbedding` architecture in its config.json and uses e5-omni's
+conventions for everything else. See docs/backbones.md for which of these were verified and from where.
 """
 
 from __future__ import annotations
@@ -32,6 +39,33 @@ _GENERATION_CLASSES = {
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "qwen3_omni_moe_thinker": "Qwen3OmniMoeThinkerForConditionalGeneration",
 }
+
+
+#: Qwen3-VL-Embedding's published embedding recipe as E5OmniConfig fields (docs/backbones.md says where each is from).
+QWEN3_VL_EMBEDDING_CONVENTIONS = {
+    "instruction_role": "system",
+    "default_instruction": "Represent the user's input.",
+    "instruction_period": True,
+    "media_order": ["video", "image", "audio"],
+    "eos_suffix": "",
+    "query_prompt": "",
+    "document_prompt": "",
+    # its images are resized by qwen-vl-utils (factor 32) to 4 .. 1800 x 32 x 32 pixels before the processor
+    # (called with do_resize=False): the same smart_resize rule as our pre-resize, with these budgets
+    "min_pixels": 4 * 32 * 32,
+    "max_pixels": 1800 * 32 * 32,
+}
+
+#: `convert_checkpoint(conventions=...)` values and the config fields each sets.
+CONVENTIONS = {"e5-omni": {}, "qwen3-vl-embedding": QWEN3_VL_EMBEDDING_CONVENTIONS}
+
+
+def detect_conventions(src: str | os.PathLike) -> str:
+    """`"qwen3-vl-embedding"` when `src`'s config names the `Qwen3VLForEmbedding` architecture, else `"e5-omni"`."""
+    from transformers import AutoConfig
+
+    architectures = getattr(AutoConfig.from_pretrained(src), "architectures", None) or []
+    return "qwen3-vl-embedding" if "Qwen3VLForEmbedding" in architectures else "e5-omni"
 
 
 def parse_temperatures(spec: str | dict | None) -> dict[str, float] | None:
@@ -117,12 +151,24 @@ def convert_checkpoint(
     src: str | os.PathLike,
     out: str | os.PathLike,
     temperatures: str | dict | None = None,
+    conventions: str | None = None,
     **embedding_kwargs,
 ) -> Path:
-    """Convert `src` (local folder or Hub id) into our format at `out`; returns `out`."""
-    backbone, backbone_processor = load_backbone(src)
+    """Convert `src` (local folder or Hub id) into our format at `out`; returns `out`.
 
-    kwargs = {**_budgets(backbone_processor), **embedding_kwargs}
+    `conventions`: `"e5-omni"`, `"qwen3-vl-embedding"`, or None to detect it from the checkpoint
+    (`detect_conventions`); explicit `embedding_kwargs` override the fields a convention sets."""
+    if conventions is None:
+        conventions = detect_conventions(src)
+    if conventions not in CONVENTIONS:
+        raise ValueError(f"conventions must be one of {sorted(CONVENTIONS)} (or None to detect), got {conventions!r}")
+    backbone, backbone_processor = load_backbone(src)
+    if conventions == "qwen3-vl-embedding" and backbone.config.model_type != "qwen3_vl":
+        raise ValueError(
+            f"conventions='qwen3-vl-embedding' needs a qwen3_vl checkpoint, {src} is {backbone.config.model_type!r}"
+        )
+
+    kwargs = {**_budgets(backbone_processor), **CONVENTIONS[conventions], **embedding_kwargs}
     config = E5OmniConfig(backbone_config=backbone.config.to_dict(), **kwargs)
     model = E5OmniModel(config)
     model.backbone.load_state_dict(backbone.state_dict(), strict=True)  # everything but lm_head

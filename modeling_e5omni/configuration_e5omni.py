@@ -45,7 +45,20 @@ class E5OmniConfig(PreTrainedConfig):
     query_prompt / document_prompt (`str`):
         Text prefixes of queries (`"Query: "`) and documents (empty), as in the released checkpoints.
     eos_suffix (`str`, defaults to `"<|endoftext|>"`):
-        Appended after the rendered chat template; its final hidden state is the embedding.
+        Appended after the rendered chat template; its final hidden state is the embedding. `""` appends nothing:
+        the template's own last token (the generation prompt's `"\n"`) is pooled, as Qwen3-VL-Embedding does.
+    instruction_role (`str`, defaults to `"user"`):
+        Where an item's `"instruction"` goes. `"user"`: in the user turn, after the prompt and before the text
+        (e5-omni). `"system"`: as the text of a system message before the user turn, and `default_instruction` when the
+        item has none (Qwen3-VL-Embedding). Either way the instruction is tokenised literally.
+    default_instruction (`str`, *optional*):
+        The system message of items without an instruction; required (non-empty) when `instruction_role="system"`.
+    instruction_period (`bool`, defaults to `False`):
+        Strip the instruction and end it with `"."` unless its last character is Unicode punctuation (category P*),
+        as Qwen3-VL-Embedding's `format_model_input` does.
+    media_order (`list[str]`, *optional*):
+        Order of an item's media parts in its user turn; defaults to `["image", "audio", "video"]` (e5-omni).
+        Qwen3-VL-Embedding puts the video before the image: `["video", "image", "audio"]`.
     modalities (`list[str]`):
         Modalities this checkpoint accepts; derived from the backbone when not given.
     max_pixels / min_pixels (`int`):
@@ -116,6 +129,10 @@ class E5OmniConfig(PreTrainedConfig):
     query_prompt: str = "Query: "
     document_prompt: str = ""
     eos_suffix: str = "<|endoftext|>"
+    instruction_role: str = "user"
+    default_instruction: str | None = None
+    instruction_period: bool = False
+    media_order: list[str] | None = None
     modalities: list[str] | None = None
     max_pixels: int = 1280 * 28 * 28
     min_pixels: int = 4 * 28 * 28
@@ -159,6 +176,21 @@ class E5OmniConfig(PreTrainedConfig):
             raise ValueError(f"pooling must be 'last' (the e5-omni contract), got {self.pooling!r}")
         if self.image_formats is None:
             self.image_formats = list(DEFAULT_IMAGE_FORMATS)
+        if self.instruction_role not in ("user", "system"):
+            raise ValueError(f"instruction_role must be 'user' or 'system', got {self.instruction_role!r}")
+        if self.instruction_role == "system" and not (
+            isinstance(self.default_instruction, str) and self.default_instruction.strip()
+        ):
+            raise ValueError(
+                "instruction_role='system' needs a non-empty default_instruction (the system message of items "
+                f"without an instruction), got {self.default_instruction!r}"
+            )
+        if not isinstance(self.eos_suffix, str):
+            raise ValueError(f"eos_suffix must be a string ('' for none), got {self.eos_suffix!r}")
+        if self.media_order is None:
+            self.media_order = ["image", "audio", "video"]
+        if sorted(self.media_order) != ["audio", "image", "video"]:
+            raise ValueError(f"media_order must list 'image', 'audio' and 'video' once each, got {self.media_order!r}")
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError(
                 "temperatures must satisfy 0 < temperature_min <= temperature_init <= temperature_max, got "

@@ -18,9 +18,12 @@ or ``{"video": ...}``).
 
 Paths are only ever taken from the media keys. Every item becomes one user message: its media parts (image, audio,
 video, in that order) then one text part (prompt + instruction + text), rendered with the backbone chat template
-(``add_generation_prompt=True``) and followed by the eos suffix, whose final hidden state is the embedding.
+(``add_generation_prompt=True``) and followed by the eos suffix, whose final hidden state is the embedding. The config
+can move the instruction into a system message before the user turn (``instruction_role="system"``, with
+``default_instruction`` when the item has none), reorder the media parts (``media_order``) and drop the suffix
+(``eos_suffix=""``): Qwen3-VL-Embedding's conventions (docs/backbones.md).
 
-The text part is tokenised literally: strings such as ``<|im_end|>``, ``<|endoftext|>``, ``<|IMAGE|>`` or
+The text part (and the system text) is tokenised literally: strings such as ``<|im_end|>``, ``<|endoftext|>``, ``<|IMAGE|>`` or
 ``<|vision_start|>`` in a text, an instruction or a prompt stay plain text, for every backbone kind. The backbone
 processor only ever sees the template with the text part left empty (so it expands only the template's own media
 placeholders), and the text's ids (`E5OmniProcessor.literal_ids`, which never matches an added token) are spliced in
@@ -36,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +104,7 @@ _AUDIO_KEYS = ("input_features", "feature_attention_mask")
 
 # Stands for the text part while the template is rendered (private-use characters no template produces itself).
 _TEXT_MARK = "\ue000e5omni-text\ue001"
+_SYSTEM_MARK = "\ue000e5omni-system\ue001"
 
 #: The transformers processor classes a saved e5-omni folder may name as its backbone processor.
 BACKBONE_PROCESSOR_CLASSES = (
@@ -119,6 +124,9 @@ class _Rendered:
     text_ids: list[int] | None  # literal ids of the text part (None: the item has no text part)
     tail_ids: list[int] | None  # ids of the template after the text part (<|im_end|> ... eos suffix)
     head_length: int = 0  # characters of `template` before the text part
+    system_ids: list[int] | None = None  # literal ids of the system text (instruction_role="system"), else None
+    system_head_ids: list[int] | None = None  # ids of the template before the system text
+    system_length: int = 0  # characters of `template` before the system text
 
 
 class ResizeRuleError(RuntimeError):
@@ -206,12 +214,31 @@ class E5OmniProcessor:
         return cls(backbone, config)
 
     # ---------------------------------------------------------------------------------------------- messages
+    def _instruction(self, item: OmniItem) -> str | None:
+        instruction = item.instruction
+        if not instruction or not instruction.strip():
+            return None
+        instruction = instruction.strip()
+        if self.config.instruction_period and not unicodedata.category(instruction[-1]).startswith("P"):
+            instruction += "."
+        return instruction
+
+    def _system_part(self, item: OmniItem) -> str | None:
+        """The system message's text (`instruction_role="system"`): the item's instruction or the default one."""
+        if self.config.instruction_role != "system":
+            return None
+        instruction = self._instruction(item)
+        if instruction is None:
+            instruction = self.config.default_instruction.strip()
+        return instruction
+
     def _text_part(self, item: OmniItem, role: str, prompt: str | None = None) -> str | None:
         if prompt is None:
             prompt = self.config.query_prompt if role == "query" else self.config.document_prompt
         body = item.text or ""
-        if item.instruction:
-            body = f"{item.instruction.strip()}\n{body}" if body else item.instruction.strip()
+        instruction = self._instruction(item) if self.config.instruction_role == "user" else None
+        if instruction:
+            body = f"{instruction}\n{body}" if body else instruction
         text = f"{prompt}{body}"
         return text if text else None
 
@@ -253,42 +280,56 @@ class E5OmniProcessor:
 
     def _pieces(self, item: OmniItem, role: str, index: int | None, prompt: str | None = None) -> _Rendered:
         """The chat template of one item with its text cut out: `template` (what the backbone processor sees, the
-        text part left empty), the literal ids of the text part, and the template tail that follows the text."""
-        parts: list[dict] = []
-        if item.image is not None:
-            parts.append({"type": "image"})
-        if item.audio is not None:
-            parts.append({"type": "audio"})
-        if item.video is not None:
-            parts.append({"type": "video"})
+        text part and the system text left empty), the literal ids of the text part, the template tail that follows
+        the text, and (`instruction_role="system"`) the literal ids of the system text and the template ids before
+        it."""
+        present = {"image": item.image, "audio": item.audio, "video": item.video}
+        parts: list[dict] = [{"type": kind} for kind in self.config.media_order if present[kind] is not None]
+        messages: list[dict] = []
+        system = self._system_part(item)
+        if system is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": _SYSTEM_MARK}]})
         text = self._text_part(item, role, prompt)
-        if text is None:
-            messages = [{"role": "user", "content": parts}]
-            rendered = self.backbone_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return _Rendered(rendered + self.config.eos_suffix, None, None)
-        parts.append({"type": "text", "text": _TEXT_MARK})
-        messages = [{"role": "user", "content": parts}]
+        if text is not None:
+            parts.append({"type": "text", "text": _TEXT_MARK})
+        messages.append({"role": "user", "content": parts})
         rendered = self.backbone_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered += self.config.eos_suffix
+        system_ids = system_head_ids = None
+        system_length = 0
+        if system is not None:
+            if rendered.count(_SYSTEM_MARK) != 1:
+                raise RuntimeError("the backbone chat template does not render the system message exactly once")
+            system_head, rendered = rendered.split(_SYSTEM_MARK)
+            system_length = len(system_head)
+            rendered = system_head + rendered
+            system_head_ids = self.tokenizer(system_head, add_special_tokens=False)["input_ids"]
+            system_ids = self._truncate_ids(self.literal_ids(system), index)
+        if text is None:
+            return _Rendered(rendered, None, None, 0, system_ids, system_head_ids, system_length)
         if rendered.count(_TEXT_MARK) != 1:
             raise RuntimeError("the backbone chat template does not render the text part exactly once")
         head, tail = rendered.split(_TEXT_MARK)
-        tail += self.config.eos_suffix
         tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
         ids = self._truncate_ids(self.literal_ids(text), index)
-        return _Rendered(head + tail, ids, tail_ids, len(head))
+        return _Rendered(head + tail, ids, tail_ids, len(head), system_ids, system_head_ids, system_length)
 
     def render(self, item: OmniItem, role: str, index: int = 0, prompt: str | None = None) -> str:
         """The string the backbone sees for one item, for display: chat template + eos suffix.
 
-        The text part (prompt + instruction + text) is shown in place but never tokenised from this string: its ids
-        are `literal_ids` of the text, spliced into the template's ids (see `process_decoded`), so text can never
-        become a control or media token. `prompt` overrides the role's prompt from the config (sentence-transformers
-        passes its own prompts here)."""
+        The text part (prompt + instruction + text) and the system text (`instruction_role="system"`) are shown in
+        place but never tokenised from this string: their ids are `literal_ids`, spliced into the template's ids (see
+        `process_decoded`), so text can never become a control or media token. `prompt` overrides the role's prompt
+        from the config (sentence-transformers passes its own prompts here)."""
         rendered = self._pieces(item, role, index, prompt)
-        if rendered.text_ids is None:
-            return rendered.template
-        cut = rendered.head_length
-        return rendered.template[:cut] + self.tokenizer.decode(rendered.text_ids) + rendered.template[cut:]
+        out = rendered.template
+        if rendered.text_ids is not None:
+            cut = rendered.head_length
+            out = out[:cut] + self.tokenizer.decode(rendered.text_ids) + out[cut:]
+        if rendered.system_ids is not None:
+            cut = rendered.system_length
+            out = out[:cut] + self.tokenizer.decode(rendered.system_ids) + out[cut:]
+        return out
 
     # ----------------------------------------------------------------------------------------------- decode
     def video_frame_size(self, num_frames: int, height: int, width: int) -> tuple[int, int] | None:
@@ -498,8 +539,9 @@ class E5OmniProcessor:
         return (side or self.tokenizer.padding_side) == "left"
 
     def _splice_text(self, batch, rendered: list[_Rendered]) -> None:
-        """Insert each item's literal text ids before its template tail, in place; re-pad on the processor's side."""
-        if all(r.text_ids is None for r in rendered):
+        """Insert each item's literal text ids before its template tail (and its system text's ids after the template
+        head that precedes them), in place; re-pad on the processor's side."""
+        if all(r.text_ids is None and r.system_ids is None for r in rendered):
             return
         ids, mask = batch["input_ids"], batch["attention_mask"]
         per_token = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape]
@@ -520,6 +562,19 @@ class E5OmniProcessor:
                     fill = _TOKEN_FILL[key]
                     insert = (
                         torch.tensor(piece.text_ids, dtype=value.dtype)
+                        if fill is None
+                        else torch.full((span,), fill, dtype=value.dtype)
+                    )
+                    row[key] = torch.cat([value[:cut], insert, value[cut:]])
+            if piece.system_ids is not None:
+                cut = len(piece.system_head_ids)
+                if row["input_ids"][:cut].tolist() != piece.system_head_ids:
+                    raise RuntimeError("the template head before the system text does not tokenise on its own")
+                span = len(piece.system_ids)
+                for key, value in row.items():
+                    fill = _TOKEN_FILL[key]
+                    insert = (
+                        torch.tensor(piece.system_ids, dtype=value.dtype)
                         if fill is None
                         else torch.full((span,), fill, dtype=value.dtype)
                     )

@@ -6,6 +6,7 @@
     e5omni init-tiny OUT [--backbone qwen2.5-omni|qwen2-vl|qwen2.5-vl|qwen3-vl|qwen3-omni] [--seed N]
     e5omni encode MODEL [--text STR | --image PATH | --audio PATH | --video PATH | --item JSON | --items FILE.jsonl]... [--query] [--batch-size N] [--output FILE.npy]
     e5omni convert SRC OUT [--temperatures text=0.0130,image=0.0127,audio=0.0219,video=0.0223]
+                           [--conventions auto|e5-omni|qwen3-vl-embedding]
     e5omni demo [--output-dir DIR]
     e5omni index MODEL SOURCE --out DIR [--resume] [--max-errors N] [--truncate-dim D] [--index flat|ivf|ivfpq|hnsw]
     e5omni search DIR [--text STR] [--image PATH] [--audio PATH] [--video PATH] [--instruction STR] [-k N] [--json]
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed the calibration, e.g. "
         + ",".join(f"{m}={t}" for m, t in E5_OMNI_7B_TEMPERATURES.items())
         + " (the values published for e5-omni-7B)",
+    )
+    p.add_argument(
+        "--conventions",
+        choices=["auto", "e5-omni", "qwen3-vl-embedding"],
+        default="auto",
+        help="embedding contract of the converted model: e5-omni's, or Qwen3-VL-Embedding's (instruction as a system "
+        "message, no eos suffix); auto picks qwen3-vl-embedding for a Qwen3VLForEmbedding checkpoint",
     )
     p.set_defaults(func=cmd_convert)
 

@@ -179,7 +179,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from e5omni.convert import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.out, temperatures=args.temperatures)
+    conventions = getattr(args, "conventions", "auto")
+    out = convert_checkpoint(
+        args.src, args.out, temperatures=args.temperatures, conventions=None if conventions == "auto" else conventions
+    )
     print(f"converted {args.src} -> {out}")
     return 0
 
