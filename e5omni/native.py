@@ -280,6 +280,19 @@ def _write_modules(folder: Path, model, subfolder: str) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------- the writer
+def check_native_export(model) -> None:
+    """NativeExportError when `model` cannot be given native files: not an E5OmniModel, or a message layout
+    (`E5OmniConfig.template_departures`) the native chat template does not render."""
+    if getattr(model, "backbone", None) is None:
+        raise NativeExportError(f"expected an E5OmniModel (with .backbone), got {type(model).__name__}")
+    departures = model.config.template_departures() if hasattr(model.config, "template_departures") else []
+    if departures:
+        raise NativeExportError(
+            f"this model's message layout ({', '.join(departures)}) is not what the native chat template renders; "
+            "stock sentence-transformers would embed it differently, so no native files are written"
+        )
+
+
 def write_native_st_files(model, processor, folder: str | os.PathLike, *, subfolder: str = SUBFOLDER) -> Path:
     """Make a release folder load with stock `SentenceTransformer(folder)` (no remote code), same vectors as
     `AutoModel.from_pretrained(folder, trust_remote_code=True)`; see the module doc for the layout.
@@ -295,9 +308,8 @@ def write_native_st_files(model, processor, folder: str | os.PathLike, *, subfol
     sub = folder / subfolder
     if sub.exists():
         raise NativeExportError(f"{sub} exists: native files were written for this folder before", subfolder)
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        raise NativeExportError(f"expected an E5OmniModel (with .backbone), got {type(model).__name__}")
+    check_native_export(model)
+    backbone = model.backbone
     backbone_processor = processor.backbone_processor
     template = native_chat_template(
         backbone_processor.chat_template,

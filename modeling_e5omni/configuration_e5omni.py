@@ -249,6 +249,21 @@ class E5OmniConfig(PreTrainedConfig):
     def log_temperature_bounds(self) -> tuple[float, float]:
         return math.log(self.temperature_min), math.log(self.temperature_max)
 
+    def template_departures(self) -> list[str]:
+        """The prompt-layout fields set away from e5-omni's own message (instruction in the user turn, media image /
+        audio / video then text, an eos suffix, no added period): exports that re-render the message in another
+        template (vLLM, stock sentence-transformers) refuse a model with any, rather than embed it differently."""
+        departures = []
+        if self.instruction_role != "user":
+            departures.append(f"instruction_role={self.instruction_role!r}")
+        if self.instruction_period:
+            departures.append("instruction_period=True")
+        if list(self.media_order) != ["image", "audio", "video"]:
+            departures.append(f"media_order={list(self.media_order)!r}")
+        if not self.eos_suffix:
+            departures.append("eos_suffix=''")
+        return departures
+
     def untrained_truncation(self, dim: int | None) -> str | None:
         """A warning text when `dim` is a truncation this model records no Matryoshka training for (None when it
         is untruncated, trained, or the model records no dimensions); callers warn with it, never refuse."""

@@ -210,3 +210,25 @@ def test_config_validates_convention_fields():
     config = E5OmniConfig(backbone_config=backbone)
     assert (config.instruction_role, config.default_instruction, config.instruction_period) == ("user", None, False)
     assert config.media_order == ["image", "audio", "video"] and config.eos_suffix == "<|endoftext|>"
+
+
+def test_exports_refuse_a_message_layout_they_do_not_render(tmp_path, capsys):
+    """A converted Qwen3-VL-Embedding (system instruction, video first, no eos suffix): the stock
+    sentence-transformers export and the vLLM export would re-render e5-omni's message and embed it differently, so
+    both refuse, naming the fields, before anything is written; e5-omni's own layout lists no departures."""
+    from e5omni.cli import main as cli_main
+    from e5omni.export.to_vllm import ExportError, export_vllm
+    from e5omni.native import NativeExportError, check_native_export
+    from modeling_e5omni import E5OmniModel, E5OmniProcessor
+
+    assert E5OmniConfig().template_departures() == []
+    src, _, _ = _embedding_checkpoint(tmp_path)
+    folder = convert_checkpoint(src, tmp_path / "out")
+    model = E5OmniModel.from_pretrained(folder)
+    with pytest.raises(NativeExportError, match="instruction_role='system'.*media_order"):
+        check_native_export(model)
+    assert cli_main(["export", str(folder), str(tmp_path / "st"), "--format", "sentence-transformers"]) == 2
+    assert "instruction_role" in capsys.readouterr().err and not (tmp_path / "st").exists()
+    processor = E5OmniProcessor.from_pretrained(folder, config=model.config)
+    with pytest.raises(ExportError):  # Qwen3-VL has no vLLM layout yet; the layout check stands behind it too
+        export_vllm(model, processor, tmp_path / "vllm")

@@ -47,7 +47,7 @@ def _export_native(args: argparse.Namespace) -> int:
     """A release folder (save_hub_folder) plus the native files: stock SentenceTransformer(OUT) loads it."""
     from pathlib import Path
 
-    from e5omni.native import NativeExportError, write_native_st_files
+    from e5omni.native import NativeExportError, check_native_export, write_native_st_files
     from e5omni.release import save_hub_folder
     from modeling_e5omni import E5OmniModel, E5OmniProcessor
 
@@ -61,6 +61,7 @@ def _export_native(args: argparse.Namespace) -> int:
     model = E5OmniModel.from_pretrained(args.model)
     processor = E5OmniProcessor.from_pretrained(args.model, config=model.config)
     try:
+        check_native_export(model)  # before anything is written
         save_hub_folder(model, processor, out, overwrite=True)
         write_native_st_files(model, processor, out)
     except NativeExportError as error:

@@ -264,6 +264,12 @@ def export_vllm(model, processor, out: str | os.PathLike, *, dtype: str | None =
         )
     if config.pooling != "last":
         raise ExportError(f"pooling {config.pooling!r} has no vLLM export; only 'last' is supported")
+    departures = config.template_departures() if hasattr(config, "template_departures") else []
+    if departures:
+        raise ExportError(
+            f"this model's message layout ({', '.join(departures)}) is not what the exported chat template renders; "
+            "vLLM would embed it differently, so it is not exported"
+        )
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype is not None and dtype not in dtypes:
         raise ExportError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
