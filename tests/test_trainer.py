@@ -295,3 +295,17 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     _reshard(folder, "500KB")  # the sharded index is checked the same way
     with pytest.raises(CheckpointMismatchError, match=r"missing key\(s\) \['backbone\.language_model"):
         trainer._load_from_checkpoint(str(folder))
+
+
+def test_only_the_saving_process_writes_a_checkpoint_or_the_final_model(tmp_path, monkeypatch):
+    """transformers 5's save_model calls _save on every process (sentence-transformers' _save assumes process zero):
+    under torchrun two ranks wrote the same folder at once and tore processor_config.json. A process whose
+    should_save is False writes nothing; the saving process writes a folder that reloads."""
+    trainer = E5OmniTrainer(_tiny(), training_args(tmp_path, max_steps=1), build_synthetic("train", n=8, seed=0))
+    monkeypatch.setattr(E5OmniTrainingArguments, "should_save", property(lambda self: False))
+    trainer.save_model(str(tmp_path / "other-rank"))
+    assert not (tmp_path / "other-rank").exists() or not any((tmp_path / "other-rank").iterdir())
+    monkeypatch.setattr(E5OmniTrainingArguments, "should_save", property(lambda self: True))
+    trainer.save_model(str(tmp_path / "rank-0"))
+    assert {"config.json", "processor_config.json", "modules.json"} <= {p.name for p in (tmp_path / "rank-0").iterdir()}
+    json.loads((tmp_path / "rank-0" / "processor_config.json").read_text())

@@ -404,7 +404,11 @@ class E5OmniTrainer(SentenceTransformerTrainer):
 
     # ------------------------------------------------------------------------------------- checkpoints & release
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        self.e5omni_model.refresh_whitening()
+        self.e5omni_model.refresh_whitening()  # every rank: the model state stays the same everywhere
+        if not self.args.should_save:
+            # transformers 5's save_model calls _save on every process (sentence-transformers' _save assumes process
+            # zero): one writer, or ranks write the same files at once (a torn processor_config.json was seen)
+            return
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if has_lora(self.e5omni_model):
