@@ -360,7 +360,14 @@ def test_vllm_offline_embed_equals_ours(tmp_path, backbone):
         text=True,
         timeout=900,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
+    # vLLM CPU 0.32's interpreter teardown sometimes aborts after the worker wrote its results (seen in 2 of 7
+    # Qwen2-VL runs here: exit -6, "terminate called without an active exception"; vllm.npy.json is written last)
+    aborted_at_exit = (
+        run.returncode == -6
+        and "terminate called without an active exception" in run.stderr[-2000:]
+        and (tmp_path / "vllm.npy.json").is_file()
+    )
+    assert run.returncode == 0 or aborted_at_exit, run.stderr[-4000:]
     theirs = np.load(tmp_path / "vllm.npy")
     diff = np.abs(theirs - _ours(model, items)).max(axis=1)
     assert (diff < TOLERANCE).all(), {i: float(d) for i, d in enumerate(diff)}
