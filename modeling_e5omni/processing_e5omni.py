@@ -148,6 +148,17 @@ def _smart_resize_of(processor: Any):
     return smart_resize, processor.patch_size * processor.merge_size
 
 
+def _splice_ids(row: dict, cut: int, ids: list[int]) -> None:
+    """Insert the literal token `ids` into every per-token tensor of one processed `row` at position `cut`
+    (input ids themselves; the other keys get their fill value, `_TOKEN_FILL`)."""
+    for key, value in row.items():
+        fill = _TOKEN_FILL[key]
+        insert = (
+            torch.tensor(ids, dtype=value.dtype) if fill is None else torch.full((len(ids),), fill, dtype=value.dtype)
+        )
+        row[key] = torch.cat([value[:cut], insert, value[cut:]])
+
+
 class E5OmniProcessor:
     """Turns omni items into backbone inputs for `E5OmniModel`.
 
@@ -556,29 +567,12 @@ class E5OmniProcessor:
                 n = len(piece.tail_ids)
                 if row["input_ids"][len(row["input_ids"]) - n :].tolist() != piece.tail_ids:
                     raise RuntimeError("the template tail after the text part does not tokenise on its own")
-                cut = len(row["input_ids"]) - n
-                span = len(piece.text_ids)
-                for key, value in row.items():
-                    fill = _TOKEN_FILL[key]
-                    insert = (
-                        torch.tensor(piece.text_ids, dtype=value.dtype)
-                        if fill is None
-                        else torch.full((span,), fill, dtype=value.dtype)
-                    )
-                    row[key] = torch.cat([value[:cut], insert, value[cut:]])
+                _splice_ids(row, len(row["input_ids"]) - n, piece.text_ids)
             if piece.system_ids is not None:
                 cut = len(piece.system_head_ids)
                 if row["input_ids"][:cut].tolist() != piece.system_head_ids:
                     raise RuntimeError("the template head before the system text does not tokenise on its own")
-                span = len(piece.system_ids)
-                for key, value in row.items():
-                    fill = _TOKEN_FILL[key]
-                    insert = (
-                        torch.tensor(piece.system_ids, dtype=value.dtype)
-                        if fill is None
-                        else torch.full((span,), fill, dtype=value.dtype)
-                    )
-                    row[key] = torch.cat([value[:cut], insert, value[cut:]])
+                _splice_ids(row, cut, piece.system_ids)
             rows.append(row)
         length = max(len(row["input_ids"]) for row in rows)
         left = self._pads_left(mask)
